@@ -1,0 +1,224 @@
+"""Configuration of ViTPose / ViTPose++ models (`model_type = "vitpose_hf"`)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .keypoint_metadata import VITPOSE_PLUS_DATASETS, get_dataset_info
+
+# name -> (hidden_size, num_hidden_layers, num_attention_heads, drop_path_rate), from the official configs
+_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "s": (384, 12, 12, 0.1),
+    "b": (768, 12, 12, 0.3),
+    "l": (1024, 24, 16, 0.5),
+    "h": (1280, 32, 16, 0.55),
+}
+# layer-wise learning-rate decay of the official recipe (single-dataset / ViTPose++)
+LAYER_DECAY: dict[str, tuple[float, float]] = {"s": (0.8, 0.8), "b": (0.75, 0.75), "l": (0.8, 0.8), "h": (0.85, 0.8)}
+HEADS_BY_WIDTH: dict[int, int] = {384: 12, 768: 12, 1024: 16, 1280: 16}
+DECODERS = ("classic", "simple")
+
+
+def _preset_names() -> list[str]:
+    names = []
+    for size in _SIZES:
+        for family in ("vitpose", "vitpose-plus"):
+            names += [f"{family}-{size}", f"{family}-{size}-simple"]
+    return names
+
+
+class ViTPoseConfig(PretrainedConfig):
+    r"""Configuration of a ViTPose encoder, its optional ViTPose++ experts and one heatmap head per dataset.
+
+    Sizes are `(height, width)` in pixels. The defaults give ViTPose-B with the classic decoder for COCO.
+
+    Args:
+        image_size: input crop size `(height, width)`; also the size the position embedding was trained at.
+        patch_size: side of the square patches.
+        patch_padding: zero padding of the patch-embedding convolution (2 in the official models).
+        hidden_size, num_hidden_layers, num_attention_heads, mlp_ratio: the plain ViT.
+        layer_norm_eps: epsilon of every LayerNorm (1e-6 in the official models).
+        qkv_bias: bias on the fused query/key/value projection.
+        drop_path_rate: stochastic-depth rate of the last block (linear from 0 over depth).
+        num_experts: 1 for a dense FFN; otherwise ViTPose++'s partially shared FFN with one expert per dataset.
+        part_features: expert width `p` (fc2 keeps `hidden_size - p` shared channels); `hidden_size // 4` officially.
+        decoder: `"classic"` (2 deconvolutions + 1x1 conv) or `"simple"` (bilinear x4 + 3x3 conv).
+        deconv_channels: width of the classic decoder's deconvolutions.
+        upsample_factor: bilinear factor of the simple decoder.
+        datasets: one entry per head, each a built-in dataset name (`"coco"`, `"aic"`, ...) or a metadata dict
+            (see `keypoint_metadata`). Stored resolved, so keypoint names, flip pairs, skeleton and OKS sigmas
+            travel with the checkpoint.
+        interpolate_pos_encoding: allow inputs of another size by bicubic interpolation of the position embedding.
+    """
+
+    model_type = "vitpose_hf"
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] | list[int] = (256, 192),
+        patch_size: int = 16,
+        patch_padding: int = 2,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
+        initializer_range: float = 0.02,
+        num_experts: int = 1,
+        part_features: int = 0,
+        decoder: str = "classic",
+        deconv_channels: int = 256,
+        upsample_factor: int = 4,
+        datasets: list[str | dict] | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(image_size, int):
+            image_size = (image_size, image_size)
+        self.image_size = [int(s) for s in image_size]
+        self.patch_size = int(patch_size)
+        self.patch_padding = int(patch_padding)
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.mlp_ratio = mlp_ratio
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.num_experts = num_experts
+        self.part_features = part_features
+        self.decoder = decoder
+        self.deconv_channels = deconv_channels
+        self.upsample_factor = upsample_factor
+        self.datasets = [get_dataset_info(d) for d in (datasets if datasets is not None else ["coco"])]
+        self.interpolate_pos_encoding = interpolate_pos_encoding
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ValueError(f"image_size must be (height, width) with positive sides, got {self.image_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if not self.datasets:
+            raise ValueError("datasets must name at least one dataset")
+        names = [d["name"] for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.num_experts > 1:
+            # one expert per dataset; a single head with several experts is what transformers' ViTPose++ keeps
+            if self.num_experts != len(self.datasets) and len(self.datasets) != 1:
+                raise ValueError(
+                    f"a ViTPose++ model has one expert per dataset: num_experts={self.num_experts} but "
+                    f"{len(self.datasets)} datasets {names}"
+                )
+            if not 0 < self.part_features < self.hidden_size:
+                raise ValueError(
+                    f"part_features must be in (0, hidden_size={self.hidden_size}) when num_experts > 1, "
+                    f"got {self.part_features}"
+                )
+
+    # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Token grid `(height, width)` for `image_size`, counting the patch-embedding padding."""
+        return tuple(
+            (size + 2 * self.patch_padding - self.patch_size) // self.patch_size + 1 for size in self.image_size
+        )
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """Output heatmap `(height, width)`: 4x the token grid for both decoders."""
+        factor = 4 if self.decoder == "classic" else self.upsample_factor
+        return tuple(g * factor for g in self.patch_grid)
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [d["name"] for d in self.datasets]
+
+    @property
+    def num_keypoints(self) -> list[int]:
+        return [len(d["keypoint_names"]) for d in self.datasets]
+
+    def dataset_to_index(self, dataset: int | str) -> int:
+        """Index of a dataset given by name or index; ValueError naming the choices otherwise."""
+        names = self.dataset_names
+        if isinstance(dataset, str):
+            key = dataset.lower()
+            if key not in names:
+                try:  # aliases such as "coco_wholebody"
+                    key = get_dataset_info(dataset)["name"]
+                except ValueError:
+                    pass
+            if key not in names:
+                raise ValueError(f"unknown dataset {dataset!r} for this checkpoint; it has {names}")
+            return names.index(key)
+        index = int(dataset)
+        if not 0 <= index < len(names):
+            raise ValueError(f"dataset index {index} is out of range: this checkpoint has datasets 0..{len(names) - 1} {names}")
+        return index
+
+    # ---- presets --------------------------------------------------------------------------------------------
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return _preset_names()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ViTPoseConfig":
+        """Paper configurations: `vitpose-{s,b,l,h}` and `vitpose-plus-{s,b,l,h}`, each with a `-simple` variant.
+
+        ViTPose++ (`vitpose-plus-*`) has 6 experts of width C/4 and one head per dataset in the order
+        COCO, AIC, MPII, AP-10K, APT-36K, COCO-WholeBody.
+        """
+        key = name.lower().replace("_", "-").replace("vitpose++", "vitpose-plus").replace("vitpose+", "vitpose-plus")
+        if key not in _preset_names():
+            raise ValueError(f"unknown preset {name!r}; choose from {_preset_names()}")
+        parts = key.split("-")
+        simple = parts[-1] == "simple"
+        plus = parts[1] == "plus"
+        size = parts[2] if plus else parts[1]
+        hidden, depth, heads, drop_path = _SIZES[size]
+        kwargs: dict[str, Any] = dict(
+            hidden_size=hidden,
+            num_hidden_layers=depth,
+            num_attention_heads=heads,
+            drop_path_rate=drop_path,
+            decoder="simple" if simple else "classic",
+        )
+        if plus:
+            # released ViTPose++-S uses p = 96 = C/4 although its config says 192
+            kwargs.update(num_experts=len(VITPOSE_PLUS_DATASETS), part_features=hidden // 4, datasets=list(VITPOSE_PLUS_DATASETS))
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["datasets"] = copy.deepcopy(self.datasets)
+        return output
+
+
+__all__ = ["ViTPoseConfig", "LAYER_DECAY", "HEADS_BY_WIDTH"]

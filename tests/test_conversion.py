@@ -1,0 +1,203 @@
+"""Checkpoint compatibility: transformers' VitPose, official mmpose .pth files, and export back to transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
+from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
+from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
+from vitpose_hf.convert import convert, convert_official
+
+X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+
+
+def build_transformers(tmp_path, simple: bool, experts: int, eps: float | None = None):
+    kwargs = {} if eps is None else {"layer_norm_eps": eps}
+    backbone = VitPoseBackboneConfig(
+        image_size=(64, 48), patch_size=(8, 8), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_experts=experts, part_features=8 if experts > 1 else 0, out_indices=[2], **kwargs,
+    )
+    torch.manual_seed(0)
+    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, use_simple_decoder=simple, num_labels=17)).eval()
+    with torch.no_grad():
+        randomize_batchnorm(model)
+        for p in model.parameters():  # larger weights than the init, so that differences show
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / f"hf_{simple}_{experts}"
+    model.save_pretrained(path)
+    return model, path
+
+
+@pytest.mark.parametrize("simple,experts", [(True, 1), (False, 1), (False, 6)], ids=["dense-simple", "dense-classic", "moe-classic"])
+def test_transformers_parity(tmp_path, simple, experts):
+    reference, path = build_transformers(tmp_path, simple, experts)
+    ours = ViTPoseForPoseEstimation.from_pretrained(path).eval()
+    assert ours.config.layer_norm_eps == reference.config.backbone_config.layer_norm_eps
+    assert ours.config.decoder == ("simple" if simple else "classic")
+    with torch.no_grad():
+        for k in range(experts):
+            ref_kwargs = {"dataset_index": torch.full((3,), k)} if experts > 1 else {}
+            expected = reference(X, **ref_kwargs).heatmaps
+            got = ours(X, expert_index=k).heatmaps
+            assert got.shape == expected.shape == (3, 17, 32, 24)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"expert {k}")
+        # the default for a transformers ViTPose++ checkpoint is the COCO expert, the one its COCO head matches
+        torch.testing.assert_close(ours(X).heatmaps, reference(X, **({"dataset_index": torch.zeros(3, dtype=torch.long)} if experts > 1 else {})).heatmaps, atol=1e-5, rtol=0)
+
+
+def test_transformers_eps_is_read_from_config(tmp_path):
+    reference, path = build_transformers(tmp_path, True, 1, eps=1e-6)
+    ours = ViTPoseForPoseEstimation.from_pretrained(path).eval()
+    assert ours.config.layer_norm_eps == 1e-6
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X).heatmaps, reference(X).heatmaps, atol=1e-5, rtol=0)
+
+
+def test_export_to_transformers_round_trip(tmp_path):
+    torch.manual_seed(0)
+    ours = ViTPoseForPoseEstimation(ViTPoseConfig.from_preset("vitpose-plus-b", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8, part_features=8)).eval()
+    randomize_batchnorm(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    convert(str(tmp_path / "ours"), str(tmp_path / "hf"), to="transformers", dataset="ap10k")
+    reference = VitPoseForPoseEstimation.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reference(X, dataset_index=torch.full((3,), 3)).heatmaps, ours(X, dataset_index="ap10k").heatmaps, atol=1e-5, rtol=0
+        )
+
+
+OFFICIAL_CASES = {
+    "dense-classic": dict(head_k=(17,)),
+    "dense-simple": dict(head_k=(17,), classic=False),
+    "v1-multi-dataset": dict(head_k=(17, 14, 16), cls_token=True),
+    "vitpose-plus": dict(head_k=tuple(PLUS_K), experts=6, cls_token=True),
+}
+
+
+@pytest.mark.parametrize("case", list(OFFICIAL_CASES))
+@pytest.mark.parametrize("wrapped", [True, False], ids=["mmcv-dict", "bare"])
+def test_official_checkpoint_converts_and_matches_official_forward(tmp_path, case, wrapped):
+    sd = official_state_dict(**OFFICIAL_CASES[case])
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": sd, "meta": {"epoch": 210}} if wrapped else sd, path)
+    model = convert_official(path, num_attention_heads=4)
+    heads = OFFICIAL_CASES[case]["head_k"]
+    assert model.config.num_keypoints == list(heads)
+    with torch.no_grad():
+        for d in range(len(heads)):
+            expected = official_forward(sd, X, dataset=d)
+            got = model(X, dataset_index=d).heatmaps
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=f"{case} head {d}")
+
+
+def test_convert_cli_writes_loadable_folder(tmp_path):
+    sd = official_state_dict(**OFFICIAL_CASES["vitpose-plus"])
+    torch.save({"state_dict": sd}, tmp_path / "plus.pth")
+    out = subprocess.run(
+        [sys.executable, "-m", "vitpose_hf.convert", str(tmp_path / "plus.pth"), str(tmp_path / "out"), "--num-attention-heads", "4"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "6 expert(s)" in out.stdout
+    model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out").eval()
+    assert model.config.dataset_names == ["coco", "aic", "mpii", "ap10k", "apt36k", "wholebody"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(X, dataset_index=5).heatmaps, official_forward(sd, X, dataset=5), atol=1e-5, rtol=1e-5)
+    # one dataset, dense: the expert merged into fc2
+    convert(str(tmp_path / "out"), str(tmp_path / "wb"), dataset="wholebody")
+    dense = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "wb").eval()
+    assert dense.config.num_experts == 1 and dense.config.dataset_names == ["wholebody"]
+    with torch.no_grad():
+        torch.testing.assert_close(dense(X).heatmaps, official_forward(sd, X, dataset=5), atol=1e-5, rtol=1e-5)
+
+
+def test_model_split_output_converts(tmp_path):
+    """tools/model_split.py keeps a dense fc2 (shared + expert rows) next to leftover experts and heads."""
+    sd = official_state_dict(**OFFICIAL_CASES["vitpose-plus"])
+    split = dict(sd)
+    for i in range(2):
+        p = f"backbone.blocks.{i}.mlp."
+        for t in ("weight", "bias"):
+            split[p + f"fc2.{t}"] = torch.cat([sd[p + f"fc2.{t}"], sd[p + f"experts.0.{t}"]])
+    torch.save({"state_dict": split}, tmp_path / "coco.pth")
+    model = convert_official(tmp_path / "coco.pth", num_attention_heads=4)
+    assert model.config.num_experts == 1 and model.config.dataset_names == ["coco"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(X).heatmaps, official_forward(sd, X, dataset=0), atol=1e-5, rtol=1e-5)
+
+
+def test_leftover_and_missing_keys_are_named(tmp_path):
+    sd = official_state_dict()
+    sd["backbone.mystery.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="backbone.mystery.weight"):
+        torch.save(sd, tmp_path / "a.pth")
+        convert_official(tmp_path / "a.pth", num_attention_heads=4)
+    sd = official_state_dict()
+    sd["something_else"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="something_else"):
+        convert_official(tmp_path / "b.pth", num_attention_heads=4)
+    sd = official_state_dict()
+    del sd["backbone.blocks.1.attn.proj.bias"]
+    torch.save(sd, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match="blocks.1.attn.proj.bias"):
+        convert_official(tmp_path / "c.pth", num_attention_heads=4)
+
+
+def test_missing_key_in_our_checkpoint_is_an_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["backbone.last_norm.bias"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="backbone.last_norm.bias"):
+        ViTPoseForPoseEstimation.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name,width,depth,heads,experts,part,decoder",
+    [
+        ("vitpose-s", 384, 12, 12, 1, 0, "classic"),
+        ("vitpose-b-simple", 768, 12, 12, 1, 0, "simple"),
+        ("vitpose-l", 1024, 24, 16, 1, 0, "classic"),
+        ("vitpose-h-simple", 1280, 32, 16, 1, 0, "simple"),
+        ("vitpose-plus-s", 384, 12, 12, 6, 96, "classic"),
+        ("vitpose-plus-h", 1280, 32, 16, 6, 320, "classic"),
+    ],
+)
+def test_architecture_is_read_from_tensor_shapes(name, width, depth, heads, experts, part, decoder):
+    """Official-size shapes (on the meta device, so nothing is allocated) give back the paper's configurations."""
+    C, M = width, 4 * width
+    shapes = {"backbone.pos_embed": (1, 193, C), "backbone.patch_embed.proj.weight": (C, 3, 16, 16)}
+    for i in range(depth):
+        p = f"backbone.blocks.{i}."
+        shapes.update({p + "attn.qkv.weight": (3 * C, C), p + "attn.qkv.bias": (3 * C,), p + "mlp.fc1.weight": (M, C), p + "mlp.fc2.weight": (C - part, M)})
+        shapes.update({p + f"mlp.experts.{e}.weight": (part, M) for e in range(experts if experts > 1 else 0)})
+    ks = PLUS_K if experts > 1 else [17]
+    for h, k in enumerate(ks):
+        prefix = "keypoint_head." if h == 0 else f"associate_keypoint_heads.{h - 1}."
+        if decoder == "classic":
+            shapes[prefix + "deconv_layers.0.weight"] = (C, 256, 4, 4)
+            shapes[prefix + "final_layer.weight"] = (k, 256, 1, 1)
+        else:
+            shapes[prefix + "final_layer.weight"] = (k, C, 3, 3)
+    sd = convert_official_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    config = ViTPoseConfig(**infer_official_config(sd))
+    preset = ViTPoseConfig.from_preset(name)
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts", "part_features", "decoder", "drop_path_rate", "image_size"):
+        assert getattr(config, field) == getattr(preset, field), field
+    assert config.dataset_names == preset.dataset_names
+
+
+def test_preset_overrides_inference(tmp_path):
+    sd = official_state_dict()
+    torch.save(sd, tmp_path / "x.pth")
+    model = convert_official(tmp_path / "x.pth", num_attention_heads=8)
+    assert model.config.num_attention_heads == 8
