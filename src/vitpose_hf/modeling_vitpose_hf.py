@@ -86,6 +86,50 @@ def group_by_index(index: torch.Tensor) -> Groups:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class CastCache:
+    """Weights cast once for inference under `torch.autocast`, instead of on every forward.
+
+    autocast re-casts every fp32 weight to bf16/fp16 on each call; at inference that copy is pure overhead.
+    Entries are keyed by the source tensors' storage and version, so any weight update invalidates them.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def get(self, name: str, dtype: torch.dtype, sources: tuple[torch.Tensor, ...], build) -> torch.Tensor:
+        key = (dtype,) + tuple((t.data_ptr(), t._version, t.device) for t in sources)
+        entry = self._entries.get(name)
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = (key, build().to(dtype))
+            self._entries[name] = entry
+        return entry[1]
+
+
+def inference_cast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype when running under autocast without autograd (inference), else None."""
+    device = x.device.type
+    if torch.is_grad_enabled() or not torch.is_autocast_enabled(device) or torch.compiler.is_compiling():
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+class ViTPoseLinear(nn.Linear):
+    """`nn.Linear` that keeps its autocast copy of the weights between inference calls."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cast_cache = CastCache()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = inference_cast_dtype(x)
+        if dtype is None:
+            return super().forward(x)
+        weight = self._cast_cache.get("weight", dtype, (self.weight,), lambda: self.weight)
+        bias = None if self.bias is None else self._cast_cache.get("bias", dtype, (self.bias,), lambda: self.bias)
+        return F.linear(x.to(dtype), weight, bias)
+
+
 class ViTPosePatchEmbed(nn.Module):
     """`(B, 3, height, width)` -> `(B, N, C)` tokens and the grid `(h, w)`."""
 
@@ -115,8 +159,8 @@ class ViTPoseAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = ViTPoseLinear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = ViTPoseLinear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,9 +182,9 @@ class ViTPoseMLP(nn.Module):
 
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc1 = ViTPoseLinear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = ViTPoseLinear(config.intermediate_size, config.hidden_size)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, groups: Groups | None = None) -> torch.Tensor:
@@ -156,13 +200,21 @@ class ViTPosePartiallySharedMLP(nn.Module):
 
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc1 = ViTPoseLinear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size - config.part_features)
+        self.fc2 = ViTPoseLinear(config.intermediate_size, config.hidden_size - config.part_features)
         self.experts = nn.ModuleList(
-            nn.Linear(config.intermediate_size, config.part_features) for _ in range(config.num_experts)
+            ViTPoseLinear(config.intermediate_size, config.part_features) for _ in range(config.num_experts)
         )
         self.drop = nn.Dropout(config.hidden_dropout_prob)
+        self._merged = CastCache()
+
+    def merged_weights(self, expert_index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[fc2 | expert]` weight `(C, 4C)` and bias `(C,)`, rebuilt only when a weight changes."""
+        expert = self.experts[expert_index]
+        weight = self._merged.get(f"w{expert_index}", dtype, (self.fc2.weight, expert.weight), lambda: torch.cat([self.fc2.weight, expert.weight]))
+        bias = self._merged.get(f"b{expert_index}", dtype, (self.fc2.bias, expert.bias), lambda: torch.cat([self.fc2.bias, expert.bias]))
+        return weight, bias
 
     def forward(self, x: torch.Tensor, groups: Groups | None = None) -> torch.Tensor:
         if groups is None:
@@ -170,9 +222,14 @@ class ViTPosePartiallySharedMLP(nn.Module):
         h = self.act(self.fc1(x))
         if len(groups) == 1:
             # one dataset: a single GEMM over the concatenated [fc2 | expert] weights, as dense ViTPose
-            expert = self.experts[groups[0][0]]
-            weight = torch.cat([self.fc2.weight, expert.weight])
-            bias = torch.cat([self.fc2.bias, expert.bias])
+            k = groups[0][0]
+            if torch.is_grad_enabled():
+                expert = self.experts[k]
+                weight, bias = torch.cat([self.fc2.weight, expert.weight]), torch.cat([self.fc2.bias, expert.bias])
+            else:  # inference: reuse the merged (and, under autocast, cast) weights
+                dtype = inference_cast_dtype(h) or self.fc2.weight.dtype
+                weight, bias = self.merged_weights(k, dtype)
+                h = h.to(dtype)
             return self.drop(F.linear(h, weight, bias))
         shared = self.fc2(h)
         routed = shared.new_empty(*shared.shape[:-1], self.experts[0].out_features)
@@ -408,7 +465,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         raise ValueError(f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}")
     if not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be a float tensor (normalised crops), got dtype {pixel_values.dtype}")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+    # one reduction instead of a full boolean mask: any NaN or inf makes the sum non-finite
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values.sum(dtype=torch.float32))):
         raise ValueError("pixel_values contains NaN or infinite values")
 
 
