@@ -65,7 +65,8 @@ def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
 
 
 def count_flops(model, x, **kwargs) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # with autograd on, the model takes its plain (countable) ops instead of fused oneDNN calls: same FLOPs
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model(x, **kwargs)
     return counter.get_total_flops()
 

@@ -164,7 +164,8 @@ def test_single_dataset_is_identical_and_saves(tmp_path, dataset):
 
 
 def _flops(model, x, **kwargs):
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # autograd on: the plain ops that FlopCounterMode sees (inference fuses them into oneDNN calls)
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model(x, **kwargs)
     return counter.get_total_flops()
 
