@@ -390,3 +390,33 @@ def test_trust_remote_code_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote ok" in result.stdout
+
+
+# ---- inference fast path -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset_index", [2, torch.tensor([0, 5, 2, 2])], ids=["one-dataset", "mixed"])
+def test_inference_fast_path_matches_plain_ops(dataset_index):
+    """Without autograd the model fuses GELU / residuals into oneDNN GEMMs and caches casts; same numbers."""
+    model = plus_model()
+    with torch.no_grad():
+        fast = model(X, dataset_index=dataset_index).heatmaps
+    plain = model(X, dataset_index=dataset_index).heatmaps.detach()  # autograd on: the plain path
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fast = model(X, dataset_index=dataset_index).heatmaps.float()
+        plain = model(X, dataset_index=dataset_index).heatmaps.detach().float()
+    scale = plain.abs().max()
+    assert (fast - plain).abs().max() <= 0.05 * scale
+
+
+def test_cached_casts_follow_weight_updates():
+    model = plus_model()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(X, dataset_index=0).heatmaps.float()
+        model.backbone.blocks[1].mlp.fc1.weight.mul_(3.0)
+        model.backbone.blocks[1].mlp.experts[0].weight.mul_(3.0)
+        after = model(X, dataset_index=0).heatmaps.float()
+    reference = model(X, dataset_index=0).heatmaps.detach()  # fp32, plain path
+    assert not torch.allclose(before, after)
+    assert (after - reference).abs().max() <= 0.05 * reference.abs().max()

@@ -3,9 +3,16 @@
 Importing the package registers the `vitpose_hf` model type with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForKeypointDetection, AutoModelForPoseEstimation
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForKeypointDetection,
+    AutoModelForPoseEstimation,
+)
 
 from .configuration_vitpose_hf import ViTPoseConfig
+from .image_processing_vitpose_hf import ViTPoseImageProcessor
 from .keypoint_metadata import KEYPOINT_DATASETS, VITPOSE_PLUS_DATASETS, get_dataset_info, list_datasets
 from .modeling_vitpose_hf import (
     ViTPoseEstimatorOutput,
@@ -21,6 +28,14 @@ AutoConfig.register(ViTPoseConfig.model_type, ViTPoseConfig, exist_ok=True)
 AutoModel.register(ViTPoseConfig, ViTPoseModel, exist_ok=True)
 AutoModelForPoseEstimation.register(ViTPoseConfig, ViTPoseForPoseEstimation, exist_ok=True)
 AutoModelForKeypointDetection.register(ViTPoseConfig, ViTPoseForPoseEstimation, exist_ok=True)
+try:  # transformers 5: one class per backend; ours is pure torch and serves both
+    AutoImageProcessor.register(
+        ViTPoseConfig,
+        image_processor_classes={"pil": ViTPoseImageProcessor, "torchvision": ViTPoseImageProcessor},
+        exist_ok=True,
+    )
+except TypeError:  # transformers 4
+    AutoImageProcessor.register(ViTPoseConfig, slow_image_processor_class=ViTPoseImageProcessor, exist_ok=True)
 
 __all__ = [
     "ViTPoseConfig",
@@ -29,6 +44,7 @@ __all__ = [
     "ViTPosePreTrainedModel",
     "ViTPoseModelOutput",
     "ViTPoseEstimatorOutput",
+    "ViTPoseImageProcessor",
     "KEYPOINT_DATASETS",
     "VITPOSE_PLUS_DATASETS",
     "get_dataset_info",

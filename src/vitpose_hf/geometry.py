@@ -1,0 +1,298 @@
+"""Box and affine-warp geometry of top-down pose estimation, vectorised over N boxes (pure torch).
+
+Conventions used by every function here:
+
+- sizes are ``(height, width)``; points are ``(x, y)`` in pixels with pixel centres on integer coordinates
+  (the OpenCV / mmpose convention: pixel ``(0, 0)`` covers ``[-0.5, 0.5)``);
+- boxes are ``"xywh"`` (COCO: top-left corner, width, height) or ``"xyxy"`` (two corners, width = x2 - x1);
+- a box is turned into a ``center`` (x, y) and a ``scale`` (w, h) measured in units of :data:`PIXEL_STD` pixels,
+  the unit of the official code (inherited from the MPII annotation format);
+- ``N`` is the number of boxes / crops, ``K`` the number of points per crop.
+
+The crop ("input") of size ``(H, W)`` is cut out of the image by an affine warp. Two flavours exist, selected by
+``use_udp``: the unbiased one of UDP (Huang et al., CVPR 2020), which maps the region of ``scale * 200`` pixels
+onto ``W - 1`` pixel steps, and the classic one, which maps it onto ``W`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PIXEL_STD",
+    "BOX_PADDING",
+    "BOX_FORMATS",
+    "check_box_format",
+    "validate_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+    "box_to_center_scale",
+    "warp_matrix",
+    "inverse_warp_matrix",
+    "apply_affine",
+    "image_to_crop",
+    "crop_to_image",
+]
+
+# The official code measures box sizes in units of 200 px ("pixel_std"): scale = size / 200.
+PIXEL_STD = 200.0
+# The official inference and test code enlarge every box by 25 % before cropping.
+BOX_PADDING = 1.25
+BOX_FORMATS = ("xywh", "xyxy")
+
+TensorLike = torch.Tensor | np.ndarray | Sequence
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_box_format(box_format: str) -> str:
+    """Return ``box_format`` if it is ``"xywh"`` or ``"xyxy"``; ValueError otherwise."""
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+    return box_format
+
+
+def _as_float_tensor(values: TensorLike, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach()
+        if not (tensor.is_floating_point() or tensor.dtype in _INT_DTYPES):
+            raise TypeError(f"{name} must hold numbers, got a tensor of dtype {tensor.dtype}")
+        tensor = tensor.to(device=device) if device is not None else tensor
+        return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a rectangular array of numbers, got {_short(values)} ({exc})") from None
+    return torch.from_numpy(array).to(device=device, dtype=torch.float32)
+
+
+def _short(values: object, limit: int = 120) -> str:
+    text = repr(values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else values)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_boxes(boxes: TensorLike, box_format: str = "xywh", name: str = "boxes") -> torch.Tensor:
+    """Check boxes and return them as a float tensor of shape ``(N, 4)`` (float32; float64 tensors stay float64).
+
+    An empty list gives shape ``(0, 4)``. Raises ValueError naming the offending box for a wrong shape, a NaN or
+    infinite value, or a negative width / height (``x2 < x1`` or ``y2 < y1`` in ``"xyxy"``). Zero-size boxes are
+    accepted, as in the official code; their crop samples only the box centre.
+    """
+    check_box_format(box_format)
+    tensor = _as_float_tensor(boxes, name)
+    if tensor.numel() == 0 and tensor.ndim <= 2:
+        return tensor.reshape(0, 4)
+    if tensor.ndim != 2 or tensor.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) ({box_format}), got shape {tuple(tensor.shape)}")
+    finite = torch.isfinite(tensor).all(dim=1)
+    if box_format == "xywh":
+        size = tensor[:, 2:]
+    else:
+        size = tensor[:, 2:] - tensor[:, :2]
+    bad = ~finite | (size < 0).any(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        box = tensor[i].tolist()
+        if not bool(finite[i]):
+            reason = "contains NaN or infinity"
+        elif box_format == "xywh":
+            reason = f"has a negative {'width' if box[2] < 0 else 'height'}"
+        else:
+            reason = "has x2 < x1" if box[2] < box[0] else "has y2 < y1"
+        raise ValueError(f"{name}[{i}] = {box} ({box_format}) {reason}")
+    return tensor
+
+
+def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` boxes ``(x, y, w, h)`` -> ``(x1, y1, x2, y2)`` with ``x2 = x + w`` (continuous coordinates)."""
+    return torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:4]], dim=-1)
+
+
+def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(x, y, w, h)`` with ``w = x2 - x1``.
+
+    mmpose 0.x's inference helper adds 1 (``w = x2 - x1 + 1``, inclusive pixel indices); detectors return
+    continuous corners, so no +1 here (the same as transformers' documented conversion).
+    """
+    return torch.cat([boxes[..., :2], boxes[..., 2:4] - boxes[..., :2]], dim=-1)
+
+
+def box_to_center_scale(
+    boxes: TensorLike,
+    box_format: str = "xywh",
+    input_size: tuple[int, int] = (256, 192),
+    padding: float = BOX_PADDING,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and scale of each box, at the aspect ratio of the model input, as the official ``_xywh2cs``.
+
+    The box is grown (never shrunk) along one side to the aspect ratio ``W / H`` of ``input_size``, then both
+    sides are multiplied by ``padding`` and divided by :data:`PIXEL_STD`.
+
+    Args:
+        boxes: ``(N, 4)`` boxes in ``box_format``.
+        box_format: ``"xywh"`` or ``"xyxy"``.
+        input_size: ``(H, W)`` of the model input (the crop).
+        padding: box enlargement factor (1.25 in the official code).
+
+    Returns:
+        center: ``(N, 2)`` box centres ``(x, y)`` in image pixels.
+        scale: ``(N, 2)`` padded region size ``(w, h)`` in units of 200 px.
+    """
+    boxes = validate_boxes(boxes, box_format)
+    return _center_scale(boxes if box_format == "xywh" else xyxy_to_xywh(boxes), input_size, padding)
+
+
+def _center_scale(
+    xywh: torch.Tensor, input_size: tuple[int, int], padding: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`box_to_center_scale` of already validated ``(N, 4)`` xywh boxes."""
+    aspect = input_size[1] / input_size[0]
+    center = xywh[:, :2] + 0.5 * xywh[:, 2:]
+    w, h = xywh[:, 2], xywh[:, 3]
+    # Grow the short side: (w, w / aspect) if the box is too wide, (h * aspect, h) if too tall.
+    size = torch.stack([torch.maximum(w, h * aspect), torch.maximum(h, w / aspect)], dim=1)
+    return center, size * (padding / PIXEL_STD)
+
+
+def _per_crop(value: float | TensorLike | None, n: int, like: torch.Tensor, name: str) -> torch.Tensor | None:
+    """``None`` or an ``(N,)`` tensor from a scalar or N values."""
+    if value is None:
+        return None
+    tensor = _as_float_tensor(value, name, device=like.device).to(like.dtype).reshape(-1)
+    if tensor.numel() == 1:
+        return tensor.expand(n)
+    if tensor.numel() != n:
+        raise ValueError(f"{name} must be a number or hold one value per crop ({n}), got {tensor.numel()} values")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinity: {_short(tensor)}")
+    return tensor
+
+
+def _warp_terms(
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    output_size: tuple[int, int],
+    rotation: float | TensorLike | None,
+    use_udp: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(region size in px per crop step (N, 2), crop centre (2,), cos (N,), sin (N,)) of the image->crop warp."""
+    h, w = output_size
+    steps = [w - 1.0, h - 1.0] if use_udp else [float(w), float(h)]
+    steps = torch.tensor(steps, dtype=center.dtype, device=center.device)
+    step = scale * PIXEL_STD / steps  # image pixels per crop pixel, (N, 2)
+    # UDP puts the region centre on the crop's middle pixel ((W-1)/2); the classic warp on W/2.
+    crop_center = steps / 2
+    theta = _per_crop(rotation, center.shape[0], center, "rotation")
+    if theta is None:
+        cos = sin = None
+    else:
+        radians = theta * (math.pi / 180.0)
+        # Quirk of the official code: the UDP matrix rotates by +theta, the classic 3-point one by -theta.
+        cos = torch.cos(radians)
+        sin = torch.sin(radians) if use_udp else -torch.sin(radians)
+    return step, crop_center, cos, sin
+
+
+def warp_matrix(
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    output_size: tuple[int, int] = (256, 192),
+    rotation: float | TensorLike | None = None,
+    use_udp: bool = True,
+) -> torch.Tensor:
+    """Affine matrices image -> crop, shape ``(N, 2, 3)``, as passed to ``cv2.warpAffine``.
+
+    With ``use_udp`` this is the official ``get_warp_matrix(rotation, 2 * center, (W-1, H-1), scale * 200)``;
+    otherwise the classic ``get_affine_transform(center, scale, rotation, (W, H))``.
+
+    Args:
+        center: ``(N, 2)`` region centres ``(x, y)`` in image pixels.
+        scale: ``(N, 2)`` region sizes ``(w, h)`` in units of 200 px (a zero scale has no forward matrix: inf).
+        output_size: ``(H, W)`` of the crop.
+        rotation: degrees, a number or ``(N,)`` (training augmentation); None for no rotation.
+        use_udp: the unbiased (UDP) warp or the classic one.
+    """
+    step, crop_center, cos, sin = _warp_terms(center, scale, output_size, rotation, use_udp)
+    k = 1.0 / step  # crop pixels per image pixel
+    n = center.shape[0]
+    m = center.new_zeros(n, 2, 3)
+    if cos is None:
+        m[:, 0, 0] = k[:, 0]
+        m[:, 1, 1] = k[:, 1]
+    else:
+        # Scale after rotation: q = diag(k) R (p - c) + crop_center, with R = [[cos, -sin], [sin, cos]].
+        m[:, 0, 0] = k[:, 0] * cos
+        m[:, 0, 1] = -k[:, 0] * sin
+        m[:, 1, 0] = k[:, 1] * sin
+        m[:, 1, 1] = k[:, 1] * cos
+    m[:, :, 2] = crop_center - (m[:, :, :2] @ center.unsqueeze(-1)).squeeze(-1)
+    return m
+
+
+def inverse_warp_matrix(
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    output_size: tuple[int, int] = (256, 192),
+    rotation: float | TensorLike | None = None,
+    use_udp: bool = True,
+) -> torch.Tensor:
+    """Affine matrices crop -> image, shape ``(N, 2, 3)``: the exact inverse of :func:`warp_matrix`.
+
+    Computed in closed form, so it stays finite for a zero scale (every crop pixel maps to the centre).
+    Arguments as in :func:`warp_matrix`.
+    """
+    step, crop_center, cos, sin = _warp_terms(center, scale, output_size, rotation, use_udp)
+    n = center.shape[0]
+    m = center.new_zeros(n, 2, 3)
+    if cos is None:
+        m[:, 0, 0] = step[:, 0]
+        m[:, 1, 1] = step[:, 1]
+    else:
+        # p = c + R^T diag(step) (q - crop_center)
+        m[:, 0, 0] = cos * step[:, 0]
+        m[:, 0, 1] = sin * step[:, 1]
+        m[:, 1, 0] = -sin * step[:, 0]
+        m[:, 1, 1] = cos * step[:, 1]
+    m[:, :, 2] = center - (m[:, :, :2] @ crop_center.unsqueeze(-1)).squeeze(-1)
+    return m
+
+
+def apply_affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply ``(N, 2, 3)`` affine matrices to ``(N, K, 2)`` points (x, y); returns ``(N, K, 2)``."""
+    return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
+
+
+def image_to_crop(
+    points: torch.Tensor,
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    output_size: tuple[int, int] = (256, 192),
+    rotation: float | TensorLike | None = None,
+    use_udp: bool = True,
+) -> torch.Tensor:
+    """Map ``(N, K, 2)`` image points into crop (model input) pixels, with the warp of :func:`warp_matrix`."""
+    matrix = warp_matrix(center, scale, output_size, rotation, use_udp)
+    return apply_affine(points.to(matrix.dtype), matrix)
+
+
+def crop_to_image(
+    points: torch.Tensor,
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    output_size: tuple[int, int] = (256, 192),
+    rotation: float | TensorLike | None = None,
+    use_udp: bool = True,
+) -> torch.Tensor:
+    """Map ``(N, K, 2)`` crop (model input) points back to image pixels.
+
+    Without rotation this is the official ``transform_preds`` applied to points already scaled from heatmap to
+    input pixels: ``x = c - s*200/2 + x_crop * s*200 / (W - 1)`` with UDP (``/ W`` without).
+    """
+    if rotation is None:  # the common case, in three element-wise ops
+        step, crop_center, _, _ = _warp_terms(center, scale, output_size, None, use_udp)
+        return center.unsqueeze(1) + (points.to(center.dtype) - crop_center) * step.unsqueeze(1)
+    matrix = inverse_warp_matrix(center, scale, output_size, rotation, use_udp)
+    return apply_affine(points.to(matrix.dtype), matrix)
