@@ -1,0 +1,372 @@
+"""`vitpose-hf eval`: run a model over a keypoint dataset with the official top-down protocol and score it.
+
+Data: a COCO-format keypoint json with its image folder, or a Hub ``datasets`` split saved with ``save_to_disk``
+(columns ``image``, ``image_id``, ``width``, ``height``, ``objects`` = list of ``{id, bbox (xywh), keypoints
+(K x 3), iscrowd, area}``). Person boxes: the ground-truth boxes, or detections from ``--bbox-file`` (COCO
+results json). Each pose is rescored (box score x mean keypoint score above 0.2), OKS-NMS'ed at 0.9 per image,
+exported as COCO results and scored with :func:`vitpose_hf.evaluation.coco_keypoint_metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["add_arguments", "run"]
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vitpose-hf eval`."""
+    parser.add_argument("model", help="vitpose_hf model folder or Hub id")
+    data = parser.add_argument_group("data (one of --annotations or --hub-dataset)")
+    data.add_argument("--annotations", help="COCO-format keypoint json (ground truth)")
+    data.add_argument("--images", help="image folder for --annotations (default: the json's folder)")
+    data.add_argument("--hub-dataset", help="a `datasets` folder written by save_to_disk (Dataset or DatasetDict)")
+    data.add_argument("--split", help="split of a DatasetDict (default: validation, else the only split)")
+    data.add_argument("--max-images", type=int, help="evaluate only the first N images (quick checks)")
+    boxes = parser.add_argument_group("person boxes")
+    boxes.add_argument("--bbox-file", help="detections as a COCO results json (image_id, category_id, bbox, score); "
+                       "default: ground-truth boxes")
+    boxes.add_argument("--det-score-thr", type=float, default=0.0, help="drop detections below this score (0.0)")
+    boxes.add_argument("--det-category", type=int, default=1,
+                       help="detection category to keep (1 = person; -1 keeps all)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--dataset", help="dataset head to evaluate (name); default: the model's first dataset")
+    model.add_argument("--flip-test", action="store_true", help="average with the horizontally flipped crops")
+    model.add_argument("--batch-size", type=int, default=32, help="crops per forward pass (32)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (auto)")
+    model.add_argument("--dtype", choices=_DTYPES, default="float32", help="model precision (float32)")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--vis-thr", type=float, default=0.2, help="keypoint score threshold for rescoring (0.2)")
+    protocol.add_argument("--oks-thr", type=float, default=0.9, help="OKS-NMS threshold (0.9)")
+    protocol.add_argument("--no-nms", action="store_true", help="skip OKS-NMS")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", default="keypoint_results.json", help="COCO results json to write")
+    out.add_argument("--metrics-output", help="metrics json (default: <output stem>_metrics.json)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    """One image to run: how to load it, and its person boxes (xywh)."""
+
+    image_id: Any
+    load: Callable[[], Any]
+    boxes: list[list[float]] = field(default_factory=list)
+    box_scores: list[float] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+
+
+def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
+    from PIL import Image
+
+    path = Path(args.annotations)
+    if not path.is_file():
+        raise ValueError(f"--annotations file not found: {str(path)!r}")
+    with open(path, encoding="utf-8") as f:
+        gt = json.load(f)
+    if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
+        raise ValueError(f"{str(path)!r} is not a COCO keypoint json (needs 'images' and 'annotations')")
+    folder = Path(args.images) if args.images else path.parent
+    if not folder.is_dir():
+        raise ValueError(f"--images folder not found: {str(folder)!r}")
+
+    def loader(file_name: str) -> Callable[[], Any]:
+        def load() -> Any:
+            with Image.open(folder / file_name) as im:
+                return im.convert("RGB")
+        return load
+
+    items = [_Item(img["id"], loader(img["file_name"])) for img in gt["images"]]
+    return gt, items
+
+
+def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
+    import datasets
+
+    loaded = datasets.load_from_disk(args.hub_dataset)
+    if isinstance(loaded, datasets.DatasetDict):
+        if args.split:
+            if args.split not in loaded:
+                raise ValueError(f"--split {args.split!r} not in the dataset (splits: {list(loaded)})")
+            ds = loaded[args.split]
+        elif "validation" in loaded:
+            ds = loaded["validation"]
+        elif len(loaded) == 1:
+            ds = next(iter(loaded.values()))
+        else:
+            raise ValueError(f"the dataset has splits {list(loaded)}: choose one with --split")
+    else:
+        ds = loaded
+    missing = [c for c in ("image", "image_id", "objects") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"the Hub dataset lacks columns {missing} (has {ds.column_names})")
+    meta = ds.remove_columns("image")  # ground truth without decoding images
+    images, annotations, categories = [], [], set()
+    for row in meta:
+        image = {"id": row["image_id"]}
+        for key in ("width", "height"):
+            if row.get(key) is not None:
+                image[key] = row[key]
+        images.append(image)
+        for obj in row["objects"] or []:
+            kps = [float(v) for point in obj["keypoints"] for v in point]
+            ann = {
+                "id": obj.get("id"),
+                "image_id": row["image_id"],
+                "category_id": obj.get("category_id") or 1,
+                "bbox": [float(v) for v in obj["bbox"]],
+                "keypoints": kps,
+                "num_keypoints": sum(1 for v in kps[2::3] if v > 0),
+                "iscrowd": int(obj.get("iscrowd") or 0),
+            }
+            if obj.get("area") is not None and obj["area"] >= 0:
+                ann["area"] = float(obj["area"])
+            categories.add(ann["category_id"])
+            annotations.append(ann)
+    if any(a["id"] is None for a in annotations) or len({a["id"] for a in annotations}) != len(annotations):
+        for n, ann in enumerate(annotations):
+            ann["id"] = n + 1
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "person"}]}
+
+    def loader(index: int) -> Callable[[], Any]:
+        def load() -> Any:
+            image = ds[index]["image"]
+            return image.convert("RGB") if hasattr(image, "convert") else image
+        return load
+
+    items = [_Item(img["id"], loader(n)) for n, img in enumerate(images)]
+    return gt, items
+
+
+def _gt_boxes(gt: dict[str, Any], items: list[_Item]) -> None:
+    """Ground-truth person boxes, selected and clipped to the image as the official top-down datasets do:
+    no crowd regions, no instances without labelled keypoints, boxes of positive size only; box score 1."""
+    by_id = {item.image_id: item for item in items}
+    sizes = {img["id"]: (img.get("width"), img.get("height")) for img in gt["images"]}
+    for ann in gt["annotations"]:
+        item = by_id.get(ann["image_id"])
+        if item is None or ann.get("iscrowd") or "bbox" not in ann:
+            continue
+        kps = ann.get("keypoints") or []
+        if not any(v > 0 for v in kps[2::3]) or ann.get("num_keypoints", 1) == 0:
+            continue
+        if ann.get("area") is not None and ann["area"] <= 0:
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        width, height = sizes.get(ann["image_id"], (None, None))
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = x1 + max(0.0, w - 1)
+        y2 = y1 + max(0.0, h - 1)
+        if width is not None and height is not None:
+            x2, y2 = min(width - 1.0, x2), min(height - 1.0, y2)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        item.boxes.append([x1, y1, x2 - x1, y2 - y1])
+        item.box_scores.append(1.0)
+        item.category_ids.append(int(ann.get("category_id", 1)))
+
+
+def _detection_boxes(path: str, items: list[_Item], score_thr: float, category: int) -> int:
+    """Boxes from a COCO detection results json; returns how many referred to images not evaluated."""
+    if not Path(path).is_file():
+        raise ValueError(f"--bbox-file not found: {path!r}")
+    with open(path, encoding="utf-8") as f:
+        dets = json.load(f)
+    if not isinstance(dets, list):
+        raise ValueError(f"--bbox-file {path!r} must hold a list of detections (COCO results format)")
+    by_id = {item.image_id: item for item in items}
+    skipped = 0
+    for n, det in enumerate(dets):
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= set(det):
+            raise ValueError(f"--bbox-file entry {n} must have image_id, bbox and score, got {det!r}")
+        if category >= 0 and det.get("category_id", 1) != category:
+            continue
+        if det["score"] < score_thr:
+            continue
+        item = by_id.get(det["image_id"])
+        if item is None:
+            skipped += 1
+            continue
+        box = [float(v) for v in det["bbox"]]
+        if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+            raise ValueError(f"--bbox-file entry {n} has an invalid box {det['bbox']!r} (expected x, y, w, h)")
+        item.boxes.append(box)
+        item.box_scores.append(float(det["score"]))
+        item.category_ids.append(1 if category < 0 else category)
+    return skipped
+
+
+def _restrict(gt: dict[str, Any], items: list[_Item], max_images: int | None) -> tuple[dict[str, Any], list[_Item]]:
+    if max_images is None:
+        return gt, items
+    if max_images < 1:
+        raise ValueError(f"--max-images must be positive, got {max_images}")
+    items = items[:max_images]
+    keep = {item.image_id for item in items}
+    gt = {**gt, "images": [img for img in gt["images"] if img["id"] in keep],
+          "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    return gt, items
+
+
+def _groups(items: list[_Item], batch_size: int) -> Iterator[list[_Item]]:
+    """Images grouped so that each group holds about `batch_size` crops."""
+    group: list[_Item] = []
+    crops = 0
+    for item in items:
+        if not item.boxes:
+            continue
+        group.append(item)
+        crops += len(item.boxes)
+        if crops >= batch_size:
+            yield group
+            group, crops = [], 0
+    if group:
+        yield group
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------------------
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], int, Any, Any]:
+    import torch
+
+    from .image_processing_vitpose_hf import ViTPoseImageProcessor
+    from .modeling_vitpose_hf import ViTPoseForPoseEstimation
+
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype)
+    model = ViTPoseForPoseEstimation.from_pretrained(args.model)
+    model.to(device=device, dtype=dtype).eval()
+    config = model.config
+    names = config.dataset_names
+    if args.dataset is None:
+        index = 0
+    else:
+        try:
+            index = config.dataset_to_index(args.dataset)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"--dataset {args.dataset!r}: {exc} (this model has {names})") from None
+    info = config.datasets[index]
+    try:
+        processor = ViTPoseImageProcessor.from_pretrained(args.model)
+    except OSError:
+        # No preprocessor_config.json: the model's input size and the dataset's official UDP setting.
+        height, width = config.image_size
+        processor = ViTPoseImageProcessor(size={"height": height, "width": width}, use_udp=None,
+                                          dataset=list(config.datasets))
+    return model, processor, info, index, device, dtype
+
+
+def _predict(
+    model: Any, processor: Any, info: dict[str, Any], index: int, group: list[_Item], args: argparse.Namespace,
+    device: Any, dtype: Any,
+) -> list[dict[str, Any]]:
+    """Per-person predictions (the records of :func:`vitpose_hf.evaluation.top_down_results`) for a group."""
+    import torch
+
+    images = [item.load() for item in group]
+    inputs = processor(images, boxes=[item.boxes for item in group], box_format="xywh", dataset=info, device=device)
+    pixel_values = inputs["pixel_values"]
+    heatmaps, flipped = [], []
+    with torch.inference_mode():
+        for start in range(0, pixel_values.shape[0], args.batch_size):
+            chunk = pixel_values[start:start + args.batch_size].to(device=device, dtype=dtype)
+            heatmaps.append(model(chunk, dataset_index=index).heatmaps)
+            if args.flip_test:
+                flipped.append(model(processor.flip_pixel_values(chunk), dataset_index=index).heatmaps)
+    outputs = torch.cat(heatmaps)
+    flip_outputs = torch.cat(flipped) if flipped else None
+    per_image = processor.post_process_pose_estimation(
+        outputs, crop_metadata=inputs, flip_outputs=flip_outputs, dataset=info
+    )
+    # The official NMS uses the area of each (padded) crop box, in image pixels.
+    scale = torch.as_tensor(inputs["scale"]).double().cpu()
+    areas = (scale[:, 0] * 200.0 * scale[:, 1] * 200.0).tolist()
+    poses, crop = [], 0
+    for item, people in zip(group, per_image):
+        for person, box_score, category_id in zip(people, item.box_scores, item.category_ids):
+            poses.append({
+                "image_id": item.image_id,
+                "keypoints": person["keypoints"].detach().float().cpu().numpy(),
+                "scores": person["scores"].detach().float().cpu().numpy(),
+                "box_score": box_score,
+                "area": areas[crop],
+                "category_id": category_id,
+            })
+            crop += 1
+    return poses
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command
+# ---------------------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation; prints the metrics table, writes the results (and metrics) json. Returns 0."""
+    from tqdm.auto import tqdm
+
+    from .evaluation import coco_keypoint_metrics, format_metrics, top_down_results
+
+    if (args.annotations is None) == (args.hub_dataset is None):
+        raise SystemExit("vitpose-hf eval: give exactly one of --annotations or --hub-dataset")
+    if args.batch_size < 1:
+        raise SystemExit(f"vitpose-hf eval: --batch-size must be positive, got {args.batch_size}")
+    gt, items = _coco_source(args) if args.annotations else _hub_source(args)
+    gt, items = _restrict(gt, items, args.max_images)
+    if args.bbox_file:
+        skipped = _detection_boxes(args.bbox_file, items, args.det_score_thr, args.det_category)
+        if skipped:
+            print(f"note: {skipped} detections refer to images outside the evaluated set; skipped", file=sys.stderr)
+    else:
+        _gt_boxes(gt, items)
+    num_boxes = sum(len(item.boxes) for item in items)
+
+    model, processor, info, index, device, dtype = _load_model(args)
+    poses: list[dict[str, Any]] = []
+    with tqdm(total=len(items), desc=f"eval {info['name']}", unit="img", disable=args.no_progress) as bar:
+        bar.update(sum(1 for item in items if not item.boxes))
+        for group in _groups(items, args.batch_size):
+            poses.extend(_predict(model, processor, info, index, group, args, device, dtype))
+            bar.update(len(group))
+
+    results = top_down_results(poses, info, vis_thr=args.vis_thr, oks_thr=args.oks_thr, use_nms=not args.no_nms)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+    metrics = coco_keypoint_metrics(gt, results, info)
+    title = (f"{info['name']}: {len(items)} images, {num_boxes} boxes "
+             f"({'detections' if args.bbox_file else 'ground-truth boxes'}), flip test {'on' if args.flip_test else 'off'}")
+    print(format_metrics(metrics, title=title))
+    metrics_path = Path(args.metrics_output) if args.metrics_output else output.with_name(f"{output.stem}_metrics.json")
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(metrics_path, "w", encoding="utf-8") as f:
+        json.dump({"dataset": info["name"], "model": str(args.model), "num_images": len(items),
+                   "num_boxes": num_boxes, "flip_test": bool(args.flip_test), "metrics": metrics}, f, indent=2)
+    print(f"results: {os.fspath(output)}\nmetrics: {os.fspath(metrics_path)}")
+    return 0
