@@ -12,6 +12,8 @@ from transformers import (
 )
 
 from .configuration_vitpose_hf import ViTPoseConfig
+from .detection import ObjectDetector
+from .drawing import draw
 from .image_processing_vitpose_hf import ViTPoseImageProcessor
 from .keypoint_metadata import KEYPOINT_DATASETS, VITPOSE_PLUS_DATASETS, get_dataset_info, list_datasets
 from .modeling_vitpose_hf import (
@@ -21,6 +23,8 @@ from .modeling_vitpose_hf import (
     ViTPoseModelOutput,
     ViTPosePreTrainedModel,
 )
+
+from .pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
 
 __version__ = "0.1.0"
 
@@ -45,6 +49,10 @@ __all__ = [
     "ViTPoseModelOutput",
     "ViTPoseEstimatorOutput",
     "ViTPoseImageProcessor",
+    "PoseEstimationPipeline",
+    "pipeline",
+    "draw",
+    "ObjectDetector",
     "KEYPOINT_DATASETS",
     "VITPOSE_PLUS_DATASETS",
     "get_dataset_info",

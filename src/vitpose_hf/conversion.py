@@ -360,7 +360,10 @@ def load_transformers_vitpose(cls: type, path: str | os.PathLike, *model_args: A
     rest = {k: v for k, v in kwargs.items() if k not in HUB_KWARGS}
     with tempfile.TemporaryDirectory() as tmp:
         save_converted(config, state, tmp)
-        return cls.from_pretrained(tmp, *model_args, strict=strict, **rest)
+        loaded = cls.from_pretrained(tmp, *model_args, strict=strict, **rest)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    model.config._name_or_path = str(path)  # not the deleted temporary folder: files beside it stay findable
+    return loaded
 
 
 def save_converted(config: ViTPoseConfig, state_dict: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:

@@ -1,0 +1,492 @@
+"""``vitpose-hf predict``: poses on images, folders of frames and videos; annotated PNGs and JSON.
+
+    vitpose-hf predict                                   # the bundled sample photo -> ./vitpose-hf-output/
+    vitpose-hf predict photo.jpg frames/ --out results/ --json results/poses.json
+    vitpose-hf predict val2017/ --boxes detections.json --flip-test --json preds.json
+    vitpose-hf predict clip.mp4 --detector PekingU/rtdetr_r50vd --out clip_poses/    # needs the `video` extra
+
+Boxes come from ``--boxes`` (a JSON file), else from ``--detector`` (any transformers object-detection model), else
+the whole image is one box. ``--boxes`` accepts
+
+- a mapping from image file name (or path) to its boxes: ``{"a.jpg": [[x, y, w, h], ...]}``, each box a list of 4
+  numbers or ``{"bbox": [...], "score": s}``, in ``--box-format`` (``xywh`` by default);
+- a COCO detection-results list: ``[{"image_id": 785, "bbox": [x, y, w, h], "score": 0.98, "category_id": 1}, ...]``
+  (``image_id`` is matched to file names such as ``000000000785.jpg``; ``file_name`` may be given instead);
+- a COCO annotation file (``images`` + ``annotations``; its non-crowd boxes).
+
+COCO boxes are ``xywh`` by definition; with ``--box-format xyxy`` they are converted and results use ``xyxy``. COCO
+``category_id`` values are kept when they name one of the dataset's detector classes (``person``, or the animals
+for AP-10K / APT-36K). Images missing from the file get no people.
+
+Outputs: with ``--out DIR`` an annotated PNG per image (``DIR/<name>.png``; folders keep a sub-folder, videos get
+``DIR/<video>/frame_000123.png`` plus ``frame_000123.json``); with ``--json FILE`` one JSON file for everything
+(``-`` prints it). With neither, PNGs go to ``./vitpose-hf-output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "run", "SAMPLE_IMAGE", "load_boxes_file", "BoxTable"]
+
+SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"
+DEFAULT_OUT = "vitpose-hf-output"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+IMAGES_PER_CALL = 8  # images whose crops share one pipeline call (and its forward batches)
+
+# COCO category ids of the classes that find people and the AP-10K / APT-36K animals
+COCO_CATEGORY_NAMES = {
+    1: "person", 16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 22: "elephant",
+    23: "bear", 24: "zebra", 25: "giraffe",
+}
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """A bad command-line input (file, folder, boxes file)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .pipeline import DEFAULT_MODEL
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "Without IMAGE_OR_DIR the bundled sample photo is used (scikit-image's public-domain astronaut)."
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files, folders of images or frames, video files")
+    parser.add_argument("--sample", action="store_true", help="add the bundled sample photo to the inputs")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub name or local checkpoint folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--boxes", metavar="FILE.json", help="boxes per image: a name -> boxes mapping, COCO detection results or a COCO annotation file")
+    parser.add_argument("--box-format", choices=("xywh", "xyxy"), default=None, help="format of --boxes mapping boxes and of the output boxes (default: xywh)")
+    parser.add_argument("--box-threshold", type=float, default=None, metavar="S", help="drop boxes scoring below S (file boxes with a score, detector boxes; detector default 0.5)")
+    parser.add_argument("--detector", default=None, metavar="MODEL", help="transformers object-detection model (Hub name or folder) used when no boxes are given")
+    parser.add_argument("--dataset", default=None, help="head of a ViTPose++ checkpoint: coco, aic, mpii, ap10k, apt36k, wholebody")
+    parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crops (official flip test)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="write an annotated PNG per image (and a JSON per video frame)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write all results to one JSON file ('-' prints it)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, metavar="S", help="draw keypoints scoring at least S (default 0.3)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="crops per forward pass (default 32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: first GPU if any)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bf16", "fp16"), help="precision of the pose model")
+    parser.add_argument("--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Boxes files
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class BoxTable:
+    """Boxes read from a ``--boxes`` file, looked up by image path."""
+
+    by_key: dict[str, list[tuple[list[float], float | None, int | None]]]
+    by_id: dict[int, list[tuple[list[float], float | None, int | None]]]
+    box_format: str  # the format of the stored boxes
+
+    def lookup(self, path: Path) -> list[tuple[list[float], float | None, int | None]] | None:
+        for key in (str(path), os.path.normpath(str(path)), os.path.abspath(str(path)), path.as_posix()):
+            if key in self.by_key:
+                return self.by_key[key]
+        if path.name in self._by_name:
+            return self._by_name[path.name]
+        if path.stem.isdigit() and int(path.stem) in self.by_id:
+            return self.by_id[int(path.stem)]
+        return None
+
+    @property
+    def _by_name(self) -> dict[str, list]:
+        cache = self.__dict__.get("_names")
+        if cache is None:
+            names: dict[str, list] = {}
+            seen: dict[str, int] = {}
+            for key, value in self.by_key.items():
+                base = os.path.basename(key)
+                seen[base] = seen.get(base, 0) + 1
+                names[base] = value
+            cache = {k: v for k, v in names.items() if seen[k] == 1}  # ambiguous base names need a full path
+            self.__dict__["_names"] = cache
+        return cache
+
+
+def _box_entry(value: Any, where: str, with_category: bool = False) -> tuple[list[float], float | None, int | None]:
+    score = None
+    category = None
+    if isinstance(value, dict):
+        box = value.get("bbox", value.get("box"))
+        if box is None:
+            raise InputError(f"{where}: a box entry needs 'bbox' (or 'box'), got keys {sorted(value)}")
+        score = value.get("score")
+        category = value.get("category_id") if with_category else None
+    else:
+        box = value
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        raise InputError(f"{where}: a box is 4 numbers, got {box!r}")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise InputError(f"{where}: score must be a number, got {score!r}")
+    return [float(v) for v in box], None if score is None else float(score), category
+
+
+def load_boxes_file(path: str | os.PathLike, box_format: str | None = None) -> BoxTable:
+    """Read a ``--boxes`` file (see the module docstring). COCO formats are stored as ``xywh``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"--boxes: no such file {os.fspath(path)!r}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--boxes: {os.fspath(path)!r} is not valid JSON ({exc})") from None
+    by_key: dict[str, list] = {}
+    by_id: dict[int, list] = {}
+    if isinstance(data, list):  # COCO detection results
+        for i, item in enumerate(data):
+            if not isinstance(item, dict) or "bbox" not in item or not ("image_id" in item or "file_name" in item):
+                raise InputError(f"--boxes: entry {i} of a COCO results list needs 'bbox' and 'image_id' or 'file_name', got {item!r}")
+            entry = _box_entry(item, f"--boxes entry {i}", with_category=True)
+            if "file_name" in item:
+                by_key.setdefault(str(item["file_name"]), []).append(entry)
+            else:
+                by_id.setdefault(int(item["image_id"]), []).append(entry)
+        return BoxTable(by_key, by_id, "xywh")
+    if isinstance(data, dict) and "annotations" in data and "images" in data:  # COCO annotation file
+        names = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        for name in names.values():
+            by_key.setdefault(name, [])
+        for i, ann in enumerate(data["annotations"]):
+            if ann.get("iscrowd", 0):
+                continue
+            entry = _box_entry({**ann, "score": ann.get("score")}, f"--boxes annotation {i}", with_category=True)
+            if entry[0][2] <= 0 or entry[0][3] <= 0:
+                continue
+            image_id = int(ann["image_id"])
+            if image_id in names:
+                by_key[names[image_id]].append(entry)
+            else:
+                by_id.setdefault(image_id, []).append(entry)
+        return BoxTable(by_key, by_id, "xywh")
+    if isinstance(data, dict):  # file name -> boxes
+        for name, boxes in data.items():
+            if not isinstance(boxes, list):
+                raise InputError(f"--boxes: the boxes of {name!r} must be a list, got {type(boxes).__name__}")
+            by_key[str(name)] = [_box_entry(b, f"--boxes {name!r}[{j}]") for j, b in enumerate(boxes)]
+        return BoxTable(by_key, by_id, box_format or "xywh")
+    raise InputError(f"--boxes: expected a JSON object (file name -> boxes) or a COCO results list, got {type(data).__name__}")
+
+
+def _convert_box(box: list[float], source: str, target: str) -> list[float]:
+    if source == target:
+        return list(box)
+    x, y, a, b = box
+    return [x, y, x + a, y + b] if target == "xyxy" else [x, y, a - x, b - y]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One image to process: where it comes from and where its outputs go."""
+
+    source: Path
+    out_stem: Path  # output path without suffix, relative to --out
+    frame: int | None = None
+    image: Any = None  # filled when read (videos come with their frames)
+
+
+def _unique(stem: Path, used: set[str]) -> Path:
+    candidate, n = stem, 1
+    while str(candidate) in used:
+        candidate = stem.with_name(f"{stem.name}_{n}")
+        n += 1
+    used.add(str(candidate))
+    return candidate
+
+
+def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path, Path]]:
+    """(kind, path, output stem) for each image or video; kind is 'image' or 'video'."""
+    items: list[tuple[str, Path, Path]] = []
+    used: set[str] = set()
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+                if not videos:
+                    raise InputError(f"the folder {text!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                for video in videos:
+                    items.append(("video", video, _unique(Path(path.name or "frames") / video.stem, used)))
+                continue
+            folder = path.resolve().name or "frames"
+            for file in files:
+                items.append(("image", file, _unique(Path(folder) / file.stem, used)))
+        elif path.is_file():
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                items.append(("image", path, _unique(Path(path.stem), used)))
+            elif suffix in VIDEO_EXTENSIONS:
+                items.append(("video", path, _unique(Path(path.stem), used)))
+            else:
+                raise InputError(
+                    f"{text!r} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a video "
+                    f"({', '.join(sorted(VIDEO_EXTENSIONS))})"
+                )
+        else:
+            raise InputError(f"no such file or folder: {text!r}")
+    return items
+
+
+def _read_image(path: Path) -> Any:
+    import PIL.Image
+    import PIL.ImageOps
+
+    try:
+        with PIL.Image.open(path) as opened:
+            image = PIL.ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, SyntaxError) as exc:
+        raise InputError(f"cannot read the image {str(path)!r}: {exc}") from None
+    return image
+
+
+def _cv2(path: Path) -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise InputError(
+            f"reading the video {str(path)!r} needs OpenCV, in the optional `video` extra: "
+            "pip install 'vitpose-hf[video]' (or extract the frames into a folder and pass the folder)"
+        ) from None
+    return cv2
+
+
+def _open_video(path: Path) -> Any:
+    capture = _cv2(path).VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"OpenCV cannot open the video {str(path)!r}")
+    return capture
+
+
+def _video_frames(path: Path, stem: Path, stride: int) -> Iterator[Job]:
+    cv2 = _cv2(path)
+    capture = _open_video(path)
+    index = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % stride == 0:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                yield Job(path, stem / f"frame_{index:06d}", index, rgb)
+            index += 1
+    finally:
+        capture.release()
+
+
+def _count_frames(path: Path, stride: int) -> int | None:
+    capture = _open_video(path)
+    try:
+        total = int(capture.get(_cv2(path).CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    return (total + stride - 1) // stride if total > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------
+def _chunks(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
+    chunk: list[Job] = []
+    for job in jobs:
+        chunk.append(job)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _all_jobs(items: list[tuple[str, Path, Path]], stride: int) -> Iterator[Job]:
+    for kind, path, stem in items:
+        if kind == "image":
+            yield Job(path, stem)
+        else:
+            yield from _video_frames(path, stem, stride)
+
+
+def _file_boxes(
+    table: BoxTable, job: Job, box_format: str, keep: set[str], threshold: float | None
+) -> tuple[list[list[float]], list[float | None]]:
+    entries = table.lookup(job.source) if job.frame is None else None
+    if entries is None:
+        return [], []
+    boxes, scores = [], []
+    for box, score, category in entries:
+        if category is not None and COCO_CATEGORY_NAMES.get(int(category), "").lower() not in keep:
+            continue
+        if threshold is not None and score is not None and score < threshold:
+            continue
+        boxes.append(_convert_box(box, table.box_format, box_format))
+        scores.append(score)
+    if boxes:
+        from .geometry import validate_boxes
+
+        validate_boxes(boxes, box_format, name=f"the --boxes of {job.source.name}")  # names the file and the box
+    return boxes, scores
+
+
+def _write_json(path: str, payload: Any) -> None:
+    if path == "-":
+        json.dump(payload, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .drawing import draw
+    from .pipeline import PoseEstimationPipeline, load_pose_model
+
+    inputs = list(args.inputs)
+    if args.sample or not inputs:
+        if not SAMPLE_IMAGE.is_file():
+            raise InputError(f"the bundled sample image is missing ({SAMPLE_IMAGE}); reinstall vitpose-hf")
+        if not inputs:
+            print(f"no input given: using the bundled sample photo {SAMPLE_IMAGE}", file=sys.stderr)
+        inputs.append(str(SAMPLE_IMAGE))
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.video_stride < 1:
+        raise InputError(f"--video-stride must be at least 1, got {args.video_stride}")
+    if args.boxes and args.detector:
+        raise InputError("pass either --boxes or --detector, not both")
+    items = _expand_inputs(inputs)
+    if args.boxes and any(kind == "video" for kind, _, _ in items):
+        raise InputError("--boxes applies to image files; for videos use --detector (or the whole frame as one box)")
+    out_dir = args.out if args.out is not None else (DEFAULT_OUT if args.json is None else None)
+    box_format = args.box_format or "xywh"
+    table = load_boxes_file(args.boxes, args.box_format) if args.boxes else None
+    if table is not None and table.box_format != box_format:
+        logger.info("--boxes holds %s boxes: converting them to %s", table.box_format, box_format)
+
+    total: int | None = 0  # for the progress bar; opening videos first also reports a missing OpenCV early
+    for kind, path, _ in items:
+        if kind == "image":
+            total = None if total is None else total + 1
+        else:
+            frames = _count_frames(path, args.video_stride)
+            total = None if total is None or frames is None else total + frames
+
+    model = load_pose_model(args.model, torch_dtype=None if args.dtype == "auto" else args.dtype)
+    pipe_kwargs: dict[str, Any] = {"batch_size": args.batch_size, "box_format": box_format, "flip_test": args.flip_test}
+    if args.dataset is not None:
+        pipe_kwargs["dataset"] = args.dataset
+    if args.detector is not None and args.box_threshold is not None:
+        pipe_kwargs["detector_threshold"] = args.box_threshold
+    if args.device is not None:
+        pipe_kwargs["device"] = args.device
+    pipe = PoseEstimationPipeline(
+        model=model,
+        image_processor=None,
+        detector=args.detector,
+        task="pose-estimation",
+        torch_dtype=None if args.dtype == "auto" else args.dtype,
+        **pipe_kwargs,
+    )
+    index = model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
+    info = model.config.datasets[index]
+    keep = {label.lower() for label in info.get("detector_labels") or ["person"]}
+
+    records: list[dict[str, Any]] = []
+    missing = 0
+    people_count = 0
+    out_path = Path(out_dir) if out_dir is not None else None
+    with tqdm(total=total, unit="img", desc="vitpose-hf", disable=args.no_progress, file=sys.stderr) as progress:
+        for chunk in _chunks(_all_jobs(items, args.video_stride), IMAGES_PER_CALL):
+            for job in chunk:
+                if job.image is None:
+                    job.image = _read_image(job.source)
+            call: dict[str, Any] = {}
+            if table is not None:
+                boxes, scores = [], []
+                for job in chunk:
+                    b, s = _file_boxes(table, job, box_format, keep, args.box_threshold)
+                    if job.frame is None and table.lookup(job.source) is None:
+                        missing += 1
+                    boxes.append(b)
+                    scores.append(s)
+                call["boxes"] = boxes
+                call["box_scores"] = scores
+            with torch.inference_mode():
+                results = pipe([job.image for job in chunk], **call)
+            for job, people in zip(chunk, results):
+                people_count += len(people)
+                width, height = _size_of(job.image)
+                record = {"file": str(job.source), "frame": job.frame, "width": width, "height": height, "people": people}
+                records.append(record)
+                if out_path is not None:
+                    target = out_path / job.out_stem
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    # name + suffix, not with_suffix: "a.b.jpg" has the stem "a.b"
+                    draw(job.image, people, score_threshold=args.score_threshold).save(target.parent / f"{target.name}.png")
+                    if job.frame is not None:
+                        with open(target.parent / f"{target.name}.json", "w", encoding="utf-8") as f:
+                            json.dump(record, f, indent=1)
+                job.image = None  # frames can be many: keep only the results
+                progress.update(1)
+    if missing:
+        print(f"warning: {missing} image(s) have no entry in {args.boxes}: no people for them", file=sys.stderr)
+    if args.json is not None:
+        _write_json(
+            args.json,
+            {"model": str(args.model), "dataset": info["name"], "box_format": box_format, "images": records},
+        )
+    where = []
+    if out_path is not None:
+        where.append(f"annotated images in {out_path}/")
+    if args.json is not None and args.json != "-":
+        where.append(f"results in {args.json}")
+    summary = f"{len(records)} image(s), {people_count} {'person' if people_count == 1 else 'people'}"
+    print(summary + ("; " + ", ".join(where) if where else ""), file=sys.stderr if args.json == "-" else sys.stdout)
+    return 0
+
+
+def _size_of(image: Any) -> tuple[int, int]:
+    from .detection import image_size
+
+    height, width = image_size(image)
+    return width, height
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``vitpose-hf predict``; bad inputs and an unreachable Hub print one error line and return non-zero."""
+    from .pipeline import HubUnreachableError
+
+    try:
+        return _predict(args)
+    except HubUnreachableError as exc:
+        print(f"vitpose-hf predict: error: {exc}", file=sys.stderr)
+        return 1
+    except (InputError, ValueError, TypeError) as exc:
+        print(f"vitpose-hf predict: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"vitpose-hf predict: error: {exc}", file=sys.stderr)
+        return 1
