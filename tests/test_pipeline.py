@@ -560,7 +560,7 @@ def test_hub_unreachable_error_says_how_to_pass_a_local_checkpoint(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 def test_boxes_for_the_wrong_number_of_images(pipe, coco):
     paths, boxes = coco
-    with pytest.raises(ValueError, match=r"boxes are given for 3 image\(s\) but there are 2"):
+    with pytest.raises(ValueError, match=r"got boxes for 3 images but 2 images"):
         pipe(paths[:2], boxes=boxes[:3])
     with pytest.raises(ValueError, match="box_scores"):
         pipe(paths[:2], boxes=boxes[:2], box_scores=[[0.5]])

@@ -49,6 +49,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, image_size, load_detector
 from .geometry import check_box_format, validate_boxes
 from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
+from .image_processing_vitpose_hf import _boxes_per_image as split_boxes_per_image
 from .modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
@@ -283,24 +284,9 @@ def _as_float64(boxes: Any) -> np.ndarray:
 
 
 def _boxes_per_image(boxes: Any, num_images: int, box_format: str) -> list[np.ndarray]:
-    if isinstance(boxes, (np.ndarray, torch.Tensor)):
-        if boxes.ndim != 3:
-            raise ValueError(
-                f"boxes for {num_images} image(s) must be a list with one (M_i, 4) list per image or an array of "
-                f"shape (num_images, M, 4), got shape {tuple(boxes.shape)}"
-            )
-        per_image = list(boxes)
-    elif isinstance(boxes, (list, tuple)):
-        per_image = list(boxes)
-    else:
-        raise TypeError(f"boxes must be a list with one list of boxes per image, got {type(boxes).__name__}")
-    if len(per_image) != num_images:
-        raise ValueError(f"boxes are given for {len(per_image)} image(s) but there are {num_images} image(s)")
-    out = []
-    for i, entry in enumerate(per_image):
-        validate_boxes(entry, box_format, name=f"boxes[{i}]")  # ValueError naming the bad box
-        out.append(_as_float64(entry) if len(entry) else np.zeros((0, 4)))
-    return out
+    """One validated float64 `(M_i, 4)` array per image; the processor's splitting rules and errors."""
+    per_image = split_boxes_per_image(boxes, num_images, single=False, box_format=box_format)
+    return [_as_float64(b) if len(b) else np.zeros((0, 4)) for b in per_image]
 
 
 def _scores_per_image(box_scores: Any, per_image: list[np.ndarray]) -> list[list[float | None]]:
