@@ -201,3 +201,15 @@ def test_preset_overrides_inference(tmp_path):
     torch.save(sd, tmp_path / "x.pth")
     model = convert_official(tmp_path / "x.pth", num_attention_heads=8)
     assert model.config.num_attention_heads == 8
+
+
+def test_vitpose_hf_convert_command(tmp_path, capsys):
+    from vitpose_hf.cli import main
+
+    sd = official_state_dict(**OFFICIAL_CASES["v1-multi-dataset"])
+    torch.save({"state_dict": sd}, tmp_path / "multi.pth")
+    assert main(["convert", str(tmp_path / "multi.pth"), str(tmp_path / "out"), "--num-attention-heads", "4"]) == 0
+    assert "datasets ['coco', 'aic', 'mpii']" in capsys.readouterr().out
+    model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(X, dataset_index="mpii").heatmaps, official_forward(sd, X, dataset=2), atol=1e-5, rtol=1e-5)
