@@ -50,6 +50,7 @@ from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, image_size, l
 from .geometry import check_box_format, validate_boxes
 from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from .image_processing_vitpose_hf import _boxes_per_image as split_boxes_per_image
+from .image_processing_vitpose_hf import _stack_if_tensors
 from .modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
@@ -284,9 +285,13 @@ def _as_float64(boxes: Any) -> np.ndarray:
 
 
 def _boxes_per_image(boxes: Any, num_images: int, box_format: str) -> list[np.ndarray]:
-    """One validated float64 `(M_i, 4)` array per image; the processor's splitting rules and errors."""
-    per_image = split_boxes_per_image(boxes, num_images, single=False, box_format=box_format)
-    return [_as_float64(b) if len(b) else np.zeros((0, 4)) for b in per_image]
+    """One validated float64 `(M_i, 4)` array per image; the processor's splitting rules and errors.
+
+    The values are taken from the caller's boxes, not the validated float32 copies, so that the returned
+    `box` is exactly the box given.
+    """
+    split_boxes_per_image(boxes, num_images, single=False, box_format=box_format)  # raises on bad input
+    return [_as_float64(_stack_if_tensors(b)) if len(b) else np.zeros((0, 4)) for b in list(boxes)]
 
 
 def _scores_per_image(box_scores: Any, per_image: list[np.ndarray]) -> list[list[float | None]]:
