@@ -363,8 +363,11 @@ def test_sharded_checkpoint_round_trip(tmp_path):
 
 
 def test_trust_remote_code_without_the_package(tmp_path):
+    from vitpose_hf import ViTPoseImageProcessor
+
     model = plus_model()
     model.save_pretrained(tmp_path / "ckpt")
+    ViTPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         torch.save(model(X, dataset_index=4).heatmaps, tmp_path / "expected.pt")
     torch.save(X, tmp_path / "x.pt")
@@ -384,6 +387,14 @@ def test_trust_remote_code_without_the_package(tmp_path):
         with torch.no_grad():
             got = model(torch.load({str(tmp_path / 'x.pt')!r}), dataset_index=4).heatmaps
         assert torch.equal(got, torch.load({str(tmp_path / 'expected.pt')!r})), (got - torch.load({str(tmp_path / 'expected.pt')!r})).abs().max()
+        from transformers import AutoImageProcessor
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        assert "vitpose_hf" not in type(processor).__module__.split(".")[0], type(processor).__module__
+        image = torch.randint(0, 255, (3, 120, 90), dtype=torch.uint8)
+        inputs = processor(image, boxes=[[10, 20, 40, 60]], box_format="xywh")
+        with torch.no_grad():
+            people = processor.post_process_pose_estimation(model(inputs["pixel_values"], dataset_index=0), crop_metadata=inputs)
+        assert len(people) == 1 and people[0][0]["keypoints"].shape == (17, 2)
         print("remote ok", type(model).__module__)
     """)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
