@@ -213,3 +213,14 @@ def test_vitpose_hf_convert_command(tmp_path, capsys):
     model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(model(X, dataset_index="mpii").heatmaps, official_forward(sd, X, dataset=2), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_detects_a_transformers_folder(tmp_path):
+    reference, path = build_transformers(tmp_path, False, 6)
+    assert "transformers vitpose checkpoint" in convert(str(path), str(tmp_path / "ours"))
+    ours = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.model_type == "vitpose_hf" and ours.config.num_experts == 6
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(X, expert_index=2).heatmaps, reference(X, dataset_index=torch.full((3,), 2)).heatmaps, atol=1e-5, rtol=0
+        )
