@@ -7,8 +7,6 @@ Letters used in shapes: B batch, N tokens, C hidden size, P expert width (`part_
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence

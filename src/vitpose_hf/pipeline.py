@@ -47,7 +47,7 @@ from transformers import Pipeline
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, image_size, load_detector
-from .geometry import check_box_format, validate_boxes
+from .geometry import check_box_format
 from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from .image_processing_vitpose_hf import _boxes_per_image as split_boxes_per_image
 from .image_processing_vitpose_hf import _stack_if_tensors
