@@ -65,9 +65,15 @@ def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
 
 
 def count_flops(model, x, **kwargs) -> int:
-    # with autograd on, the model takes its plain (countable) ops instead of fused oneDNN calls: same FLOPs
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        model(x, **kwargs)
+    # with autograd on, the model takes its plain (countable) ops instead of fused oneDNN calls, and eager
+    # attention's matmuls are counted where the CPU flash-attention kernel is not: same FLOPs
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+            model(x, **kwargs)
+    finally:
+        model.set_attn_implementation(previous)
     return counter.get_total_flops()
 
 

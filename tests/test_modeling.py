@@ -128,6 +128,21 @@ def test_eager_and_sdpa_agree_and_eager_returns_attentions():
     assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (4, 48, 32)
 
 
+def test_attention_implementation_can_be_switched(monkeypatch):
+    model = plus_model()
+    with torch.no_grad():
+        sdpa = model(X, dataset_index=1).heatmaps
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SDPA called under eager attention")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X, dataset_index=1).heatmaps, sdpa, atol=1e-5, rtol=1e-5)
+
+
 def test_attn_implementation_on_from_pretrained(tmp_path):
     plus_model().save_pretrained(tmp_path)
     assert ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation == "eager"

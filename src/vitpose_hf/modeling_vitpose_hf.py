@@ -348,6 +348,8 @@ class ViTPosePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["ViTPoseBlock"]
+    # the attention reads config._attn_implementation on every call, so switching it later is safe
+    _can_set_attn_implementation_cached_value = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
