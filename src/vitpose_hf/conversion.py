@@ -153,6 +153,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 _HF_HEAD = {"deconv1": "deconv_layers.0", "batchnorm1": "deconv_layers.1", "deconv2": "deconv_layers.3", "batchnorm2": "deconv_layers.4", "conv": "final_layer"}
 _HF_BLOCK = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj"}
+_OURS_TO_HF_HEAD = {ours: hf for hf, ours in _HF_HEAD.items()}
+_OURS_TO_HF_BLOCK = {ours: hf for hf, ours in _HF_BLOCK.items()}
 
 
 def convert_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -249,7 +251,7 @@ def ours_to_transformers(config: ViTPoseConfig, state_dict: dict[str, torch.Tens
             m = re.match(r"heads\.(\d+)\.(.*)\.(\w+)$", key)
             if int(m.group(1)) != k:
                 continue
-            module = {v: h for h, v in _HF_HEAD.items()}[m.group(2)]
+            module = _OURS_TO_HF_HEAD[m.group(2)]
             out[f"head.{module}.{m.group(3)}"] = value
         elif key == "backbone.pos_embed":
             out["backbone.embeddings.position_embeddings"] = value
@@ -265,8 +267,7 @@ def ours_to_transformers(config: ViTPoseConfig, state_dict: dict[str, torch.Tens
                 for name, chunk in zip(("query", "key", "value"), value.chunk(3)):
                     out[f"{prefix}attention.attention.{name}.{param}"] = chunk.clone()
             else:
-                reverse = {v: h for h, v in _HF_BLOCK.items()}
-                out[f"{prefix}{reverse.get(module, module)}.{param}"] = value
+                out[f"{prefix}{_OURS_TO_HF_BLOCK.get(module, module)}.{param}"] = value
     depth = config.num_hidden_layers
     config_dict = {
         "model_type": "vitpose",

@@ -262,10 +262,13 @@ class ViTPosePartiallySharedMLP(nn.Module):
         self._merged = CastCache()
 
     def merged_weights(self, expert_index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[fc2 | expert]` weight `(C, 4C)` and bias `(C,)`, rebuilt only when a weight changes."""
+        """`[fc2 | expert]` weight `(C, 4C)` and bias `(C,)`, rebuilt only when the expert or a weight changes.
+
+        One merged copy per layer at most (not one per expert), so memory does not grow with the experts used.
+        """
         expert = self.experts[expert_index]
-        weight = self._merged.get(f"w{expert_index}", dtype, (self.fc2.weight, expert.weight), lambda: torch.cat([self.fc2.weight, expert.weight]))
-        bias = self._merged.get(f"b{expert_index}", dtype, (self.fc2.bias, expert.bias), lambda: torch.cat([self.fc2.bias, expert.bias]))
+        weight = self._merged.get("weight", dtype, (self.fc2.weight, expert.weight), lambda: torch.cat([self.fc2.weight, expert.weight]))
+        bias = self._merged.get("bias", dtype, (self.fc2.bias, expert.bias), lambda: torch.cat([self.fc2.bias, expert.bias]))
         return weight, bias
 
     def forward(self, x: torch.Tensor, groups: Groups | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
