@@ -1,14 +1,17 @@
 """Forward-pass speed of ViTPose-B / ViTPose++-B against transformers' VitPose with the same weights, in one run.
 
-    python benchmarks/bench_model.py [--batch 8] [--repeats 5] [--device cpu|cuda] [--decoder classic|simple]
+    python benchmarks/bench_model.py [--batch 8] [--repeats 9] [--device cpu|cuda] [--decoder classic|simple] [--no-compile]
 
-Prints median times, the ratio ours / transformers, achieved GFLOP/s and a plain matmul's GFLOP/s measured in
-the same run (the machine's practical peak), for fp32 and for bf16 under the same `torch.autocast`.
+Prints, row by row as measured: the machine (CPU model and ISA flags, whether bf16 is native), median times, the
+median of interleaved ratios ours / transformers, achieved GFLOP/s and a plain matmul's GFLOP/s in the same run
+and dtype. Rows: eager fp32 and bf16 autocast; `torch.compile` (inductor, `options={"freezing": True}`) of both
+models; ViTPose++-B on a one-dataset batch and on a mixed batch against dense ViTPose-B.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import tempfile
 import time
@@ -20,23 +23,31 @@ from transformers import VitPoseForPoseEstimation as HFVitPose
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
 from vitpose_hf.convert import export_transformers
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def machine(device: str) -> tuple[str, bool]:
+    """A description of the machine and whether bf16 matmuls are native on it."""
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name()}", True
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown CPU", "x86_64", ""):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    isa = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in ISA_FLAGS)
+    return f"CPU {model}, {isa}; bf16 native: {'yes' if native else 'NO (bf16 is emulated and slower)'}", native
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def median_time(fn, repeats: int, device: str, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def paired_times(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tuple[float, float, float]:
@@ -60,17 +71,24 @@ def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
     n = 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = median_time(lambda: a @ b, repeats, device)
-    return 2 * n**3 / t / 1e9
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def count_flops(model, x, **kwargs) -> int:
-    # with autograd on, the model takes its plain (countable) ops instead of fused oneDNN calls, and eager
-    # attention's matmuls are counted where the CPU flash-attention kernel is not: same FLOPs
+    # eager attention: its matmuls are counted, where a fused CPU attention kernel is not
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x, **kwargs)
     finally:
         model.set_attn_implementation(previous)
@@ -87,59 +105,68 @@ def build_pair(preset: str, device: str):
     return ours.to(device), theirs.to(device)
 
 
+def caller(model, x, autocast, **kwargs):
+    def call():
+        with torch.inference_mode(), autocast:
+            model(x, **kwargs)
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decoder", default="classic", choices=["classic", "simple"])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min on CPU)")
     args = parser.parse_args()
-    device = args.device
+    device, repeats = args.device, args.repeats
     suffix = "-simple" if args.decoder == "simple" else ""
     x = torch.randn(args.batch, 3, 256, 192, device=device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 256x192")
+    description, bf16_native = machine(device)
+    print(description, flush=True)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 256x192", flush=True)
 
     ours, theirs = build_pair(f"vitpose-b{suffix}", device)
     flops = count_flops(ours, x)
-    print(f"ViTPose-B{suffix}: {flops / args.batch / 1e9:.1f} GFLOP per crop")
-    rows = []
+    print(f"ViTPose-B{suffix}: {flops / args.batch / 1e9:.1f} GFLOP per crop", flush=True)
+    header = f"{'row':34} {'ours s':>8} {'ref s':>8} {'ratio':>6} {'ours GFLOP/s':>13} {'matmul GFLOP/s':>15} {'% of matmul':>11}"
+    print(header, flush=True)
+
+    def row(name, t_ours, t_ref, ratio, peak):
+        print(f"{name:34} {t_ours:8.3f} {t_ref:8.3f} {ratio:6.2f} {flops / t_ours / 1e9:13.0f} {peak:15.0f} "
+              f"{100 * flops / t_ours / 1e9 / peak:10.0f}%", flush=True)
+
+    device_type = device.split(":")[0]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+        note = "" if dtype == torch.float32 else (" (native)" if bf16_native else " (NOT native)")
+        peak = matmul_gflops(dtype, device, repeats)
+        with torch.inference_mode(), autocast:
+            diff = (ours(x).heatmaps.float() - theirs(x).heatmaps.float()).abs().max().item()
+        t_o, t_t, ratio = paired_times(caller(ours, x, autocast), caller(theirs, x, autocast), repeats, device)
+        row(f"eager {name}{note} / tf eager", t_o, t_t, ratio, peak)
+        print(f"  max |heatmap diff| ours vs transformers: {diff:.2e}", flush=True)
+        if args.no_compile:
+            continue
+        for label, model in (("ours", ours), ("transformers", theirs)):
+            compiled = torch.compile(model, options={"freezing": True})
+            start = time.perf_counter()
+            caller(compiled, x, autocast)()
+            seconds = time.perf_counter() - start
+            t_c, t_t, ratio = paired_times(caller(compiled, x, autocast), caller(theirs, x, autocast), repeats, device)
+            row(f"compiled {label} {name} / tf eager", t_c, t_t, ratio, peak)
+            print(f"  (compile took {seconds:.0f} s)", flush=True)
 
-        def run(model, **kwargs):
-            def call():
-                with torch.inference_mode(), autocast:
-                    model(x, **kwargs)
-            return call
-
-        with torch.inference_mode():
-            with autocast:
-                diff = (ours(x).heatmaps.float() - theirs(x).heatmaps.float()).abs().max().item()
-        t_ours, t_theirs, ratio = paired_times(run(ours), run(theirs), args.repeats, device)
-        peak = matmul_gflops(dtype, device, args.repeats)
-        rows.append((name, t_ours, t_theirs, ratio, flops / t_ours / 1e9, flops / t_theirs / 1e9, peak, diff))
-    print(f"{'dtype':5} {'ours s':>8} {'transformers s':>15} {'ratio':>6} {'ours GFLOP/s':>13} {'theirs GFLOP/s':>15} {'matmul GFLOP/s':>15} {'% of matmul':>11} {'max |diff|':>10}")
-    for name, t_o, t_t, ratio, g_o, g_t, peak, diff in rows:
-        print(f"{name:5} {t_o:8.3f} {t_t:15.3f} {ratio:6.2f} {g_o:13.0f} {g_t:15.0f} {peak:15.0f} {100 * g_o / peak:10.0f}% {diff:10.2e}")
-
-    # ViTPose++-B on a one-dataset batch against dense ViTPose-B
-    plus, plus_theirs = build_pair(f"vitpose-plus-b{suffix}", device)
-    idx = torch.zeros(args.batch, dtype=torch.long, device=device)
-
-    def call(model, **kwargs):
-        def f():
-            with torch.inference_mode():
-                model(x, **kwargs)
-        return f
-
-    t_plus, t_dense, r_ours = paired_times(call(plus, dataset_index=idx), call(ours), args.repeats, device)
-    t_plus_theirs, t_dense_theirs, r_theirs = paired_times(call(plus_theirs, dataset_index=idx), call(theirs), args.repeats, device)
+    # ViTPose++-B on a one-dataset batch and a mixed batch against dense ViTPose-B, eager fp32
+    plus, _ = build_pair(f"vitpose-plus-b{suffix}", device)
+    off = torch.autocast(device_type, enabled=False)
+    peak = matmul_gflops(torch.float32, device, repeats)
+    t_p, t_d, ratio = paired_times(caller(plus, x, off, dataset_index=0), caller(ours, x, off), repeats, device)
+    row("ViTPose++-B one dataset / dense", t_p, t_d, ratio, peak)
     mixed = torch.arange(args.batch, device=device) % 6
-    t_mixed, t_dense2, r_mixed = paired_times(call(plus, dataset_index=mixed), call(ours), args.repeats, device)
-    print(f"ViTPose++-B / dense ViTPose-B, one-dataset batch (fp32): ours {r_ours:.3f}x "
-          f"({t_plus:.3f} s vs {t_dense:.3f} s), transformers {r_theirs:.3f}x "
-          f"({t_plus_theirs:.3f} s vs {t_dense_theirs:.3f} s)")
-    print(f"ViTPose++-B mixed batch of 6 datasets (fp32): {t_mixed:.3f} s = {r_mixed:.3f}x dense")
+    t_m, t_d, ratio = paired_times(caller(plus, x, off, dataset_index=mixed), caller(ours, x, off), repeats, device)
+    row("ViTPose++-B 6-dataset mix / dense", t_m, t_d, ratio, peak)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,17 @@ def official_forward(sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int
         return F.conv2d(f, sd[p + "final_layer.weight"], sd[p + "final_layer.bias"])
     f = F.interpolate(F.relu(f), scale_factor=4, mode="bilinear", align_corners=False)
     return F.conv2d(f, sd[p + "final_layer.weight"], sd[p + "final_layer.bias"], padding=1)
+
+
+def to_official_keys(state_dict: dict) -> dict:
+    """Our state-dict keys renamed to the official mmpose ones (`heads.0` -> `keypoint_head`, ...)."""
+    sd = {}
+    for k, v in state_dict.items():
+        if k.startswith("heads.0."):
+            sd["keypoint_head." + k[8:]] = v
+        elif k.startswith("heads."):
+            i, rest = k[6:].split(".", 1)
+            sd[f"associate_keypoint_heads.{int(i) - 1}.{rest}"] = v
+        else:
+            sd[k] = v
+    return sd

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import PLUS_K, official_forward, randomize_batchnorm, tiny_config, tiny_plus_config
+from helpers import PLUS_K, official_forward, randomize_batchnorm, tiny_config, tiny_plus_config, to_official_keys
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation, ViTPoseModel
 
 X = torch.randn(4, 3, 64, 48, generator=torch.Generator().manual_seed(0))
@@ -92,15 +92,7 @@ def test_heatmap_shape(decoder):
 def test_matches_independent_official_forward():
     """Patch padding 2, the extra position slot added to every token, eps 1e-6, fused qkv, exact GELU, heads."""
     model = plus_model()
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("heads.0."):
-            sd["keypoint_head." + k[8:]] = v
-        elif k.startswith("heads."):
-            i, rest = k[6:].split(".", 1)
-            sd[f"associate_keypoint_heads.{int(i) - 1}.{rest}"] = v
-        else:
-            sd[k] = v
+    sd = to_official_keys(model.state_dict())
     with torch.no_grad():
         for d in range(6):
             torch.testing.assert_close(model(X, dataset_index=d).heatmaps, official_forward(sd, X, dataset=d), atol=1e-5, rtol=1e-5)
@@ -223,12 +215,17 @@ def test_dataset_index_by_name_and_broadcast():
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
-@pytest.mark.parametrize("bad,match", [(float("nan"), "NaN"), (float("inf"), "infinite")])
-def test_non_finite_pixels_are_rejected(bad, match):
-    x = X.clone()
-    x[1, 0, 3, 3] = bad
-    with pytest.raises(ValueError, match=match):
-        ViTPoseForPoseEstimation(tiny_config())(x)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_images_are_rejected_by_the_processor(bad):
+    """Values are checked where images enter, on the host; the model's forward reads none back."""
+    from vitpose_hf import ViTPoseImageProcessor
+
+    image = torch.rand(3, 40, 30) * 255
+    image[1, 3, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ViTPoseImageProcessor(size={"height": 64, "width": 48})(image, boxes=[[0, 0, 30, 40]], box_format="xywh")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ViTPoseImageProcessor(size={"height": 64, "width": 48})(image.permute(1, 2, 0).numpy(), boxes=[[0, 0, 30, 40]], box_format="xywh")
 
 
 def test_wrong_pixel_shape_is_rejected():
@@ -416,33 +413,3 @@ def test_trust_remote_code_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote ok" in result.stdout
-
-
-# ---- inference fast path -------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dataset_index", [2, torch.tensor([0, 5, 2, 2])], ids=["one-dataset", "mixed"])
-def test_inference_fast_path_matches_plain_ops(dataset_index):
-    """Without autograd the model fuses GELU / residuals into oneDNN GEMMs and caches casts; same numbers."""
-    model = plus_model()
-    with torch.no_grad():
-        fast = model(X, dataset_index=dataset_index).heatmaps
-    plain = model(X, dataset_index=dataset_index).heatmaps.detach()  # autograd on: the plain path
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.no_grad():
-            fast = model(X, dataset_index=dataset_index).heatmaps.float()
-        plain = model(X, dataset_index=dataset_index).heatmaps.detach().float()
-    scale = plain.abs().max()
-    assert (fast - plain).abs().max() <= 0.05 * scale
-
-
-def test_cached_casts_follow_weight_updates():
-    model = plus_model()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before = model(X, dataset_index=0).heatmaps.float()
-        model.backbone.blocks[1].mlp.fc1.weight.mul_(3.0)
-        model.backbone.blocks[1].mlp.experts[0].weight.mul_(3.0)
-        after = model(X, dataset_index=0).heatmaps.float()
-    reference = model(X, dataset_index=0).heatmaps.detach()  # fp32, plain path
-    assert not torch.allclose(before, after)
-    assert (after - reference).abs().max() <= 0.05 * reference.abs().max()

@@ -211,6 +211,9 @@ def _channels_to_rgb(image: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def _convert_dtype(image: torch.Tensor, where: str) -> torch.Tensor:
+    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+        # checked here, once per image, so that the model's forward never reads values back from the device
+        raise ValueError(f"{where}: the image contains NaN or infinite values")
     if image.dtype == torch.uint8 or image.dtype == torch.float32:
         return image
     if image.dtype == torch.bool:

@@ -1,16 +1,23 @@
 """ViTPose and ViTPose++ in PyTorch, read top to bottom: patch embedding -> attention -> FFN / PS-FFN -> block
 -> encoder (`ViTPoseModel`) -> heatmap heads -> `ViTPoseForPoseEstimation`.
 
+Every submodule is a plain `nn.Linear` / `nn.Conv2d` / `nn.LayerNorm` called as a module, so PEFT adapters, forward
+hooks, quantizers, FSDP and `torch.compile` see the model as it computes. Under `torch.autocast` the residual stream
+stays in the parameters' dtype; only the matmuls and convolutions run in the autocast dtype.
+
 Letters used in shapes: B batch, N tokens, C hidden size, P expert width (`part_features`), K keypoints,
 (h, w) token grid, (H, W) heatmap size = 4x the token grid.
 """
 
 from __future__ import annotations
 
+import operator
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,13 +29,12 @@ except ImportError:  # transformers 4
     from torch.nn import init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_vitpose_hf import ViTPoseConfig
 
-DatasetIndex = int | str | Sequence[int | str] | torch.Tensor
-# (dataset, rows of the batch that belong to it; None when the whole batch does)
-Groups = list[tuple[int, torch.Tensor | None]]
+DatasetIndex = int | str | Sequence[int | str] | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -71,97 +77,114 @@ class ViTPoseEstimatorOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def group_by_index(index: torch.Tensor) -> Groups:
-    """Split a batch by dataset: `[(k, rows)]`, or `[(k, None)]` when every sample has index k."""
-    values = index.tolist()
-    if all(v == values[0] for v in values):
-        return [(values[0], None)]
-    return [(k, (index == k).nonzero().squeeze(1)) for k in sorted(set(values))]
+# ----------------------------------------------------------------------------------------------------------------
+# Routing: which dataset (expert, head) each sample uses, resolved on the host
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetRouting:
+    """A batch split by dataset.
+
+    Args:
+        index: `(B,)` dataset of each sample, on the model's device.
+        groups: `[(k, rows)]`, one entry per dataset present, in increasing k; `rows` is `None` when the whole
+            batch belongs to k (the common case, which needs no gather or scatter).
+        restore: `(B,)` permutation that puts the group-concatenated rows back in batch order (mixed batches only).
+    """
+
+    index: torch.Tensor
+    groups: list[tuple[int, torch.Tensor | None]]
+    restore: torch.Tensor | None = None
+
+    @property
+    def single(self) -> int | None:
+        """The dataset of a one-dataset batch, else None."""
+        return self.groups[0][0] if len(self.groups) == 1 else None
+
+    def gather(self, per_group: Callable[[int, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
+        """Run `per_group(k, rows)` for each group and return the results stacked in batch order."""
+        if self.restore is None:
+            k, rows = self.groups[0]
+            return per_group(k, rows)
+        return torch.cat([per_group(k, rows) for k, rows in self.groups]).index_select(0, self.restore)
+
+
+def _host_index(value: Any, names: list[str], resolve_name: Callable[[str], int]) -> int:
+    """One dataset given as a name or an integer (Python or numpy); bools are refused."""
+    if isinstance(value, str):
+        return resolve_name(value)
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"dataset_index must be an integer or a dataset name {names}, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"dataset_index entries must be integers or dataset names {names}, got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def route_batch(
+    dataset_index: DatasetIndex | DatasetRouting | None,
+    batch_size: int,
+    device: torch.device,
+    count: int,
+    names: list[str],
+    resolve_name: Callable[[str], int],
+    what: str = "dataset index",
+) -> DatasetRouting:
+    """Resolve `dataset_index` for a batch, checking each value against `count` datasets (or experts).
+
+    An int, a name, a list or a numpy array is resolved on the host with no device work. A tensor is read back
+    once (`tolist`) to form the groups; that is the only host sync of a forward, and only for tensor input.
+    """
+    if isinstance(dataset_index, DatasetRouting):
+        return dataset_index
+    if dataset_index is None:
+        if count != 1:
+            raise ValueError(
+                f"this model has {count} datasets {names}: pass dataset_index (an int, a dataset name, or a "
+                f"tensor of shape (batch_size,)) to choose each sample's expert and head"
+            )
+        dataset_index = 0
+    if isinstance(dataset_index, torch.Tensor):
+        if dataset_index.dtype == torch.bool or dataset_index.is_floating_point() or dataset_index.is_complex():
+            raise ValueError(f"dataset_index must hold integers, got a tensor of dtype {dataset_index.dtype}")
+        values = dataset_index.reshape(-1).tolist()
+        tensor = dataset_index.reshape(-1)
+    elif not isinstance(dataset_index, (Sequence, np.ndarray)) or isinstance(dataset_index, str) or (
+        isinstance(dataset_index, np.ndarray) and dataset_index.ndim == 0
+    ):
+        values, tensor = [_host_index(dataset_index, names, resolve_name)], None
+    else:
+        if isinstance(dataset_index, np.ndarray) and dataset_index.dtype.kind not in "iu":
+            raise ValueError(f"dataset_index must hold integers, got a numpy array of dtype {dataset_index.dtype}")
+        items = dataset_index.reshape(-1).tolist() if isinstance(dataset_index, np.ndarray) else dataset_index
+        values, tensor = [_host_index(v, names, resolve_name) for v in items], None
+    for v in values:
+        if not 0 <= v < count:
+            raise ValueError(f"{what} {v} is out of range: this model has {count} ({names} datasets)")
+    if len(values) == 1 or (values and all(v == values[0] for v in values)):
+        if len(values) not in (1, batch_size):
+            raise ValueError(f"dataset_index has {len(values)} entries for a batch of {batch_size}")
+        return DatasetRouting(torch.full((batch_size,), values[0], dtype=torch.long, device=device), [(values[0], None)])
+    if len(values) != batch_size:
+        raise ValueError(f"dataset_index has {len(values)} entries for a batch of {batch_size}")
+    if not values:  # an empty batch given as an empty tensor or list: dataset 0's layout
+        return DatasetRouting(torch.zeros(0, dtype=torch.long, device=device), [(0, None)])
+    present = sorted(set(values))
+    order = [i for k in present for i, v in enumerate(values) if v == k]
+    restore = [0] * len(order)
+    for position, row in enumerate(order):
+        restore[row] = position
+    index = tensor.to(device=device, dtype=torch.long) if tensor is not None else torch.tensor(values, device=device)
+    groups = [(k, torch.tensor([i for i, v in enumerate(values) if v == k], device=device)) for k in present]
+    return DatasetRouting(index, groups, torch.tensor(restore, device=device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoder blocks
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class CastCache:
-    """Weights cast once for inference under `torch.autocast`, instead of on every forward.
-
-    autocast re-casts every fp32 weight to bf16/fp16 on each call; at inference that copy is pure overhead.
-    Entries are keyed by the source tensors' storage and version, so any weight update invalidates them.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple, torch.Tensor]] = {}
-
-    def get(self, name: str, dtype: torch.dtype, sources: tuple[torch.Tensor, ...], build) -> torch.Tensor:
-        key = (dtype,) + tuple((t.data_ptr(), t._version, t.device) for t in sources)
-        entry = self._entries.get(name)
-        if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = (key, build().to(dtype))
-            self._entries[name] = entry
-        return entry[1]
-
-
-def inference_cast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The autocast dtype when running under autocast without autograd (inference), else None."""
-    device = x.device.type
-    if torch.is_grad_enabled() or not torch.is_autocast_enabled(device) or torch.compiler.is_compiling():
-        return None
-    return torch.get_autocast_dtype(device)
-
-
-# oneDNN's fused linear (used by torch.compile on CPU): faster than the default CPU GEMM on some CPUs, and it
-# folds the GELU or the residual add into the GEMM. Only for inference; autograd takes the plain path.
-_ONEDNN_LINEAR = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
-
-
-def fused_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None = None,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`residual + act(x @ weight.T + bias)`, with `act` None or exact "gelu"; one fused call at CPU inference."""
-    global _ONEDNN_LINEAR
-    if (
-        _ONEDNN_LINEAR
-        and bias is not None
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and weight.dtype == x.dtype == bias.dtype
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-    ):
-        try:
-            if residual is not None and activation is None:
-                return torch.ops.mkldnn._linear_pointwise.binary(x, residual.to(x.dtype), weight, bias, "add")
-            if residual is None:
-                return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation or "none", [], "none" if activation else "")
-        except RuntimeError:  # an older or different build: fall back for good
-            _ONEDNN_LINEAR = False
-    y = F.linear(x, weight, bias)
-    if activation == "gelu":
-        y = F.gelu(y)
-    return y if residual is None else residual + y
-
-
-class ViTPoseLinear(nn.Linear):
-    """`nn.Linear` with an optional fused GELU / residual add, that keeps its autocast weights between inference calls."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cast_cache = CastCache()
-
-    def forward(self, x: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = inference_cast_dtype(x)
-        if dtype is None:
-            return fused_linear(x, self.weight, self.bias, activation, residual)
-        weight = self._cast_cache.get("weight", dtype, (self.weight,), lambda: self.weight)
-        bias = None if self.bias is None else self._cast_cache.get("bias", dtype, (self.bias,), lambda: self.bias)
-        return fused_linear(x.to(dtype), weight, bias, activation, residual)
 
 
 class ViTPosePatchEmbed(nn.Module):
@@ -184,117 +207,105 @@ class ViTPosePatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention on `(B, heads, N, D)` inputs -> output `(B, N, heads, D)` and probabilities `(B, heads, N, N)`.
+
+    Same signature and output layout as transformers' attention interface functions.
+    """
+    weights = torch.matmul(query * scaling, key.transpose(-2, -1))  # official order: scale q, then q @ k^T
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), weights
+
+
 class ViTPoseAttention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection (rows ordered [q | k | v] as in the official weights)."""
+    """Multi-head self-attention with one fused qkv projection (rows ordered [q | k | v] as in the official weights).
+
+    The kernel comes from transformers' attention interface (`config._attn_implementation`: "eager", "sdpa",
+    "flash_attention_2", ...), read on every call so that `set_attn_implementation` takes effect at once.
+    """
 
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = ViTPoseLinear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.proj = ViTPoseLinear(config.hidden_size, config.hidden_size)
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, residual: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(B, N, C)` -> `(B, N, C)` (plus `residual` when given) and the attention maps when asked for."""
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, N, C)` -> `(B, N, C)`, and the attention probabilities `(B, heads, N, N)` when asked for."""
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
-        attn = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            x = F.dropout(attn, dropout, self.training) @ v
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        implementation = self.config._attn_implementation
+        # only eager computes the probabilities; it also takes an empty batch, which transformers' SDPA wrapper cannot
+        if output_attentions or implementation in (None, "eager") or B == 0:
+            interface = eager_attention_forward
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        if residual is not None:
-            return self.proj(x, residual=residual), attn
-        return self.proj_drop(self.proj(x)), attn
-
-
-def hidden_activation(fc1: ViTPoseLinear, act: nn.Module, act_name: str, x: torch.Tensor) -> torch.Tensor:
-    """`act(fc1(x))`, with exact GELU fused into the GEMM when possible."""
-    if act_name == "gelu":
-        return fc1(x, activation="gelu")
-    return act(fc1(x))
+            interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        out, weights = interface(
+            self, q, k, v, None, dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+            is_causal=False,
+        )
+        out = self.proj_drop(self.proj(out.reshape(B, N, C)))
+        return out, weights if output_attentions else None
 
 
 class ViTPoseMLP(nn.Module):
-    """Dense FFN: fc1 (C -> 4C), exact GELU, fc2 (4C -> C)."""
+    """Dense FFN: fc1 (C -> 4C), exact GELU, fc2 (4C -> C). `(B, N, C)` -> `(B, N, C)`."""
 
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__()
-        self.fc1 = ViTPoseLinear(config.hidden_size, config.intermediate_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.config_act = config.hidden_act
-        self.fc2 = ViTPoseLinear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, groups: Groups | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, N, C)` -> `(B, N, C)`, plus `residual` when given (inference only)."""
-        h = hidden_activation(self.fc1, self.act, self.config_act, x)
-        if residual is not None:
-            return self.fc2(h, residual=residual)
-        return self.drop(self.fc2(h))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
 class ViTPosePartiallySharedMLP(nn.Module):
     """ViTPose++ PS-FFN: a shared fc1, a shared fc2 to C - P channels and one expert (4C -> P) per dataset.
 
-    Output channels are `[shared | expert]` (official order). Routing is hard, by dataset: each sample goes
-    through its own expert once, so the cost equals a dense FFN whatever the number of experts.
+    `(B, N, C)` -> `(B, N, C)` with channels `[shared | expert]` (official order). Routing is hard, by dataset:
+    each sample goes through fc2 and its own expert once, so the cost equals a dense FFN whatever the number of
+    experts.
     """
 
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__()
-        self.fc1 = ViTPoseLinear(config.hidden_size, config.intermediate_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.config_act = config.hidden_act
-        self.fc2 = ViTPoseLinear(config.intermediate_size, config.hidden_size - config.part_features)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size - config.part_features)
         self.experts = nn.ModuleList(
-            ViTPoseLinear(config.intermediate_size, config.part_features) for _ in range(config.num_experts)
+            nn.Linear(config.intermediate_size, config.part_features) for _ in range(config.num_experts)
         )
         self.drop = nn.Dropout(config.hidden_dropout_prob)
-        self._merged = CastCache()
 
-    def merged_weights(self, expert_index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[fc2 | expert]` weight `(C, 4C)` and bias `(C,)`, rebuilt only when the expert or a weight changes.
+    def forward(self, x: torch.Tensor, routing: DatasetRouting) -> torch.Tensor:
+        h = self.act(self.fc1(x))
 
-        One merged copy per layer at most (not one per expert), so memory does not grow with the experts used.
-        """
-        expert = self.experts[expert_index]
-        weight = self._merged.get("weight", dtype, (self.fc2.weight, expert.weight), lambda: torch.cat([self.fc2.weight, expert.weight]))
-        bias = self._merged.get("bias", dtype, (self.fc2.bias, expert.bias), lambda: torch.cat([self.fc2.bias, expert.bias]))
-        return weight, bias
+        def ffn(k: int, rows: torch.Tensor | None) -> torch.Tensor:
+            part = h if rows is None else h.index_select(0, rows)
+            return torch.cat([self.fc2(part), self.experts[k](part)], dim=-1)
 
-    def forward(self, x: torch.Tensor, groups: Groups | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, N, C)` -> `(B, N, C)`, plus `residual` when given (inference only)."""
-        if groups is None:
-            raise ValueError("a ViTPose++ FFN needs the expert of each sample (pass dataset_index)")
-        h = hidden_activation(self.fc1, self.act, self.config_act, x)
-        if len(groups) == 1:
-            # one dataset: a single GEMM over the concatenated [fc2 | expert] weights, as dense ViTPose
-            k = groups[0][0]
-            if torch.is_grad_enabled():
-                expert = self.experts[k]
-                weight, bias = torch.cat([self.fc2.weight, expert.weight]), torch.cat([self.fc2.bias, expert.bias])
-            else:  # inference: reuse the merged (and, under autocast, cast) weights
-                dtype = inference_cast_dtype(h) or self.fc2.weight.dtype
-                weight, bias = self.merged_weights(k, dtype)
-                h = h.to(dtype)
-            if residual is not None:
-                return fused_linear(h, weight, bias, residual=residual)
-            return self.drop(F.linear(h, weight, bias))
-        shared = self.fc2(h)
-        routed = shared.new_empty(*shared.shape[:-1], self.experts[0].out_features)
-        for k, rows in groups:
-            routed[rows] = self.experts[k](h[rows]).to(routed.dtype)
-        out = self.drop(torch.cat([shared, routed], dim=-1))
-        return out if residual is None else residual + out
+        return self.drop(routing.gather(ffn))
 
 
 class DropPath(nn.Module):
@@ -316,31 +327,30 @@ class DropPath(nn.Module):
 
 
 class ViTPoseBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). `(B, N, C)` -> `(B, N, C)`."""
 
     def __init__(self, config: ViTPoseConfig, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.routed = config.num_experts > 1
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = ViTPoseAttention(config)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = ViTPosePartiallySharedMLP(config) if config.num_experts > 1 else ViTPoseMLP(config)
+        self.mlp = ViTPosePartiallySharedMLP(config) if self.routed else ViTPoseMLP(config)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(
-        self, x: torch.Tensor, groups: Groups | None = None, output_attentions: bool = False
+        self, x: torch.Tensor, routing: DatasetRouting | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.training:  # no drop path: fold the residual adds into the projections' GEMMs
-            x, attn = self.attn(self.norm1(x), output_attentions, residual=x)
-            return self.mlp(self.norm2(x), groups, residual=x), attn
         attn_out, attn = self.attn(self.norm1(x), output_attentions)
         x = x + self.drop_path1(attn_out)
-        x = x + self.drop_path2(self.mlp(self.norm2(x), groups))
+        mlp_out = self.mlp(self.norm2(x), routing) if self.routed else self.mlp(self.norm2(x))
+        x = x + self.drop_path2(mlp_out)
         return x, attn
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pretrained-model base: init, dataset-index checks, training hooks
+# Pretrained-model base: init, dataset routing, training hooks
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -350,9 +360,12 @@ class ViTPosePreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flash_attn = True
     _no_split_modules = ["ViTPoseBlock"]
     # the attention reads config._attn_implementation on every call, so switching it later is safe
     _can_set_attn_implementation_cached_value = True
+    # forward takes no loss kwargs (Trainer must not pass num_items_in_batch)
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -373,40 +386,18 @@ class ViTPosePreTrainedModel(PreTrainedModel):
         elif isinstance(module, ViTPoseModel):
             init.trunc_normal_(module.pos_embed, std=std)
 
-    def resolve_dataset_index(self, dataset_index: DatasetIndex | None, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Turn an int, a dataset name, a list or a tensor into a checked `(B,)` LongTensor of dataset indices."""
+    def route(
+        self,
+        dataset_index: DatasetIndex | DatasetRouting | None,
+        batch_size: int,
+        device: torch.device,
+        count: int | None = None,
+        what: str = "dataset index",
+    ) -> DatasetRouting:
+        """Resolve `dataset_index` (int, name, sequence, numpy array or integer tensor) against `count` choices."""
         names = self.config.dataset_names
-        if dataset_index is None:
-            if len(names) == 1:
-                return torch.zeros(batch_size, dtype=torch.long, device=device)
-            raise ValueError(
-                f"this model has {len(names)} datasets {names}: pass dataset_index (an int, a dataset name, or a "
-                f"tensor of shape (batch_size,)) to choose each sample's expert and head"
-            )
-        if isinstance(dataset_index, (str, int)):
-            dataset_index = [dataset_index]
-        if not isinstance(dataset_index, torch.Tensor):
-            values = [self.config.dataset_to_index(d) if isinstance(d, str) else d for d in dataset_index]
-            if not all(isinstance(v, int) or (hasattr(v, "__index__") and not isinstance(v, bool)) for v in values):
-                raise ValueError(f"dataset_index entries must be ints or dataset names, got {list(dataset_index)}")
-            dataset_index = torch.tensor([int(v) for v in values], dtype=torch.long)
-        if dataset_index.is_floating_point() or dataset_index.is_complex() or dataset_index.dtype == torch.bool:
-            raise ValueError(f"dataset_index must hold integers, got dtype {dataset_index.dtype}")
-        index = dataset_index.to(device=device, dtype=torch.long).reshape(-1)
-        if index.numel() == 1:
-            index = index.expand(batch_size)
-        if index.numel() != batch_size:
-            raise ValueError(f"dataset_index has {index.numel()} entries for a batch of {batch_size}")
-        return index
-
-    def _check_index_range(self, index: torch.Tensor, count: int, what: str) -> None:
-        low, high = int(index.min()), int(index.max())
-        if low < 0 or high >= count:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"{what} {bad} is out of range: this model has {count} ({self.config.dataset_names} datasets, "
-                f"{self.config.num_experts} experts)"
-            )
+        count = len(names) if count is None else count
+        return route_batch(dataset_index, batch_size, device, count, names, self.config.dataset_to_index, what)
 
     # ---- training hooks (timm style), used by the training script ---------------------------------------------
     def no_weight_decay(self) -> set[str]:
@@ -440,6 +431,33 @@ class ViTPosePreTrainedModel(PreTrainedModel):
         return list(groups.values())
 
 
+def reject_unknown_kwargs(kwargs: dict[str, Any]) -> None:
+    """TypeError naming unexpected keyword arguments (transformers' `flip_pairs=` gets a pointer)."""
+    if not kwargs:
+        return
+    hint = ""
+    if "flip_pairs" in kwargs:
+        hint = (
+            "; the flip test lives in the processor: run the model on processor.flip_pixel_values(pixel_values) "
+            "and pass that output as flip_outputs= to post_process_pose_estimation"
+        )
+    raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}{hint}")
+
+
+def check_pixel_values(pixel_values: Any, num_channels: int) -> None:
+    """Type and shape checks only: nothing here reads tensor values, so a forward never waits on the device.
+
+    Finite values are checked where images enter (the processor), once, on the host.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        hint = " (convert with torch.from_numpy, or use the processor)" if isinstance(pixel_values, np.ndarray) else ""
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}{hint}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+        raise ValueError(f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a float tensor (normalised crops), got dtype {pixel_values.dtype}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Encoder
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,8 +482,8 @@ class ViTPoseModel(ViTPosePreTrainedModel):
     def position_embedding(self, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
         """`(1, h*w, C)` position embedding for a token grid, slot 0 folded in."""
         extra, table = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        trained = self.config.patch_grid
-        if tuple(grid) != tuple(trained):
+        trained = tuple(self.config.patch_grid)
+        if tuple(grid) != trained:
             if not interpolate:
                 raise ValueError(
                     f"input gives a {grid[0]}x{grid[1]} token grid but the model was built for "
@@ -473,42 +491,55 @@ class ViTPoseModel(ViTPosePreTrainedModel):
                     f"set config.interpolate_pos_encoding=True (or pass interpolate_pos_encoding=True) to resize the "
                     f"position embedding"
                 )
-            table = table.reshape(1, trained[0], trained[1], -1).permute(0, 3, 1, 2)
-            table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False).to(extra.dtype)
-            table = table.flatten(2).transpose(1, 2)
+            table = resample_position_table(table, trained, grid)
         return table + extra
+
+    def expert_routing(
+        self, dataset_index: DatasetIndex | DatasetRouting | None, batch_size: int, device: torch.device
+    ) -> DatasetRouting | None:
+        """The expert of each sample (ViTPose++), or None for a dense encoder, which has no experts."""
+        if self.config.num_experts == 1:
+            return None
+        return self.route(dataset_index, batch_size, device, count=self.config.num_experts, what="expert index")
 
     def forward(
         self,
         pixel_values: torch.Tensor,
-        dataset_index: DatasetIndex | None = None,
+        dataset_index: DatasetIndex | DatasetRouting | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
+        expert_index: DatasetIndex | DatasetRouting | None = None,
         **kwargs: Any,
     ) -> ViTPoseModelOutput | tuple:
-        """`pixel_values` `(B, 3, height, width)` -> tokens `(B, N, C)` and feature map `(B, C, h, w)`."""
+        """
+        Args:
+            pixel_values: `(B, 3, height, width)` normalised crops.
+            dataset_index: the expert of each sample (ViTPose++ only): an int, a name, a sequence or a `(B,)`
+                integer tensor.
+            expert_index: the same, by expert number; it wins over `dataset_index` (for checkpoints with more
+                experts than datasets).
+
+        Returns:
+            tokens `(B, N, C)` and the feature map `(B, C, h, w)`.
+        """
+        reject_unknown_kwargs(kwargs)
         check_pixel_values(pixel_values, self.config.num_channels)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         interpolate = self.config.interpolate_pos_encoding if interpolate_pos_encoding is None else interpolate_pos_encoding
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        groups = None
-        if self.config.num_experts > 1:
-            expert_index = kwargs.pop("expert_index", None)
-            index = self.resolve_dataset_index(
-                expert_index if expert_index is not None else dataset_index, pixel_values.shape[0], pixel_values.device
-            )
-            self._check_index_range(index, self.config.num_experts, "expert index")
-            groups = group_by_index(index)
+        selector = expert_index if expert_index is not None else dataset_index
+        routing = self.expert_routing(selector, pixel_values.shape[0], pixel_values.device)
 
-        x, grid = self.patch_embed(pixel_values)
-        x = self.pos_drop(x + self.position_embedding(grid, interpolate).to(x.dtype))
+        x, grid = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
+        pos = self.position_embedding(grid, interpolate)
+        x = self.pos_drop(x.to(pos.dtype) + pos)  # the residual stream keeps the parameters' dtype under autocast
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for block in self.blocks:
-            x, attn = block(x, groups, output_attentions)
+            x, attn = block(x, routing, output_attentions)
             if output_hidden_states:
                 hidden_states += (x,)
             if output_attentions:
@@ -522,16 +553,12 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         )
 
 
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-        raise ValueError(f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}")
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor (normalised crops), got dtype {pixel_values.dtype}")
-    # one reduction instead of a full boolean mask: any NaN or inf makes the sum non-finite
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values.sum(dtype=torch.float32))):
-        raise ValueError("pixel_values contains NaN or infinite values")
+def resample_position_table(table: torch.Tensor, trained: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize (align_corners=False, computed in fp32) of a `(1, h*w, C)` table from `trained` to `grid`."""
+    C = table.shape[-1]
+    image = table.reshape(1, trained[0], trained[1], C).permute(0, 3, 1, 2)
+    image = F.interpolate(image.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(table.dtype)
+    return image.flatten(2).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -567,12 +594,7 @@ class ViTPoseClassicHead(nn.Module):
 
 
 class ViTPoseSimpleHead(nn.Module):
-    """Simple decoder: ReLU, bilinear x4 (align_corners=False), 3x3 conv. `(B, C, h, w)` -> `(B, K, 4h, 4w)`.
-
-    Computed exactly but cheaply: the 3x3 conv is split into 9 per-tap 1x1 projections applied at low
-    resolution (channel mixing commutes with bilinear upsampling), then the upsampled taps are shifted and
-    summed. This upsamples 9K channels instead of C.
-    """
+    """Simple decoder: ReLU, bilinear x4 (align_corners=False), 3x3 conv. `(B, C, h, w)` -> `(B, K, 4h, 4w)`."""
 
     def __init__(self, config: ViTPoseConfig, num_keypoints: int) -> None:
         super().__init__()
@@ -580,16 +602,8 @@ class ViTPoseSimpleHead(nn.Module):
         self.final_layer = ViTPoseHeadFinalConv(config.hidden_size, num_keypoints, kernel_size=3, padding=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        B, _, h, w = features.shape
-        weight = self.final_layer.weight  # (K, C, 3, 3)
-        K = weight.shape[0]
-        taps = weight.permute(2, 3, 0, 1).reshape(9 * K, -1, 1, 1)  # tap-major: (dy, dx, K)
-        projected = F.conv2d(F.relu(features), taps)  # (B, 9K, h, w)
-        up = F.interpolate(projected, scale_factor=self.upsample_factor, mode="bilinear", align_corners=False)
-        H, W = up.shape[-2:]
-        up = F.pad(up, (1, 1, 1, 1)).reshape(B, 3, 3, K, H + 2, W + 2)
-        out = sum(up[:, dy, dx, :, dy : dy + H, dx : dx + W] for dy in range(3) for dx in range(3))
-        return out + self.final_layer.bias.view(1, K, 1, 1).to(out.dtype)
+        up = F.interpolate(F.relu(features), scale_factor=self.upsample_factor, mode="bilinear", align_corners=False)
+        return self.final_layer(up)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -626,35 +640,39 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        dataset_index: DatasetIndex | None = None,
+        dataset_index: DatasetIndex | DatasetRouting | None = None,
         labels: torch.Tensor | None = None,
         target_weight: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
-        expert_index: DatasetIndex | None = None,
+        expert_index: DatasetIndex | DatasetRouting | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ViTPoseEstimatorOutput | tuple:
         """
         Args:
             pixel_values: `(B, 3, height, width)` normalised crops.
-            dataset_index: `(B,)` tensor, a list, one int or one dataset name: the head (and expert) of each sample.
+            dataset_index: the head (and expert) of each sample: one int or dataset name for the whole batch (no
+                device work), or a sequence, numpy array or `(B,)` integer tensor (a tensor is read back once).
             labels: `(B, K, H, W)` target heatmaps (K at least each sample's keypoint count; extra channels ignored).
             target_weight: `(B, K)` or `(B, K, 1)` per-keypoint weights (visibility); ones when omitted.
             expert_index: overrides the expert only, for checkpoints with more experts than heads (transformers'
                 ViTPose++ checkpoints, which kept the COCO head alone).
+
+        Returns:
+            `ViTPoseEstimatorOutput` with heatmaps `(B, K, H, W)`. An empty batch gives `(0, K, H, W)`.
         """
+        reject_unknown_kwargs(kwargs)
+        check_pixel_values(pixel_values, self.config.num_channels)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        B = pixel_values.shape[0] if isinstance(pixel_values, torch.Tensor) else 0
-        device = pixel_values.device if isinstance(pixel_values, torch.Tensor) else None
-        index = self.resolve_dataset_index(dataset_index, B, device)
-        self._check_index_range(index, len(self.heads), "dataset index")
-        if expert_index is None and self.config.num_experts > len(self.heads):
-            expert_index = 0  # only dataset 0's head exists; its expert is the matching one
+        B, device = pixel_values.shape[0], pixel_values.device
+        routing = self.route(dataset_index, B, device)
+        if expert_index is None:
+            # only dataset 0's head exists when experts outnumber heads; its expert is the matching one
+            expert_index = 0 if self.config.num_experts > len(self.heads) else routing
         encoder_out = self.backbone(
             pixel_values,
-            dataset_index=index,
             expert_index=expert_index,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -662,37 +680,39 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
             return_dict=True,
         )
         features = encoder_out.feature_maps
-        counts = torch.tensor(self.config.num_keypoints, device=index.device)[index]
-        groups = group_by_index(index)
-        if len(groups) == 1:
-            heatmaps = self.heads[groups[0][0]](features)
+        counts = self.config.num_keypoints
+        if routing.single is not None:
+            heatmaps = self.heads[routing.single](features)
+            num_keypoints = torch.full((B,), counts[routing.single], dtype=torch.long, device=device)
         else:
-            max_k = max(self.config.num_keypoints[k] for k, _ in groups)
-            outs = {k: self.heads[k](features[rows]) for k, rows in groups}
-            first = next(iter(outs.values()))
-            heatmaps = first.new_zeros(B, max_k, *first.shape[-2:])
-            for k, rows in groups:
-                heatmaps[rows, : outs[k].shape[1]] = outs[k]
+            max_k = max(counts[k] for k, _ in routing.groups)
+
+            def head(k: int, rows: torch.Tensor) -> torch.Tensor:
+                out = self.heads[k](features.index_select(0, rows))
+                return F.pad(out, (0, 0, 0, 0, 0, max_k - out.shape[1]))  # zero channels past this head's K
+
+            heatmaps = routing.gather(head)
+            num_keypoints = torch.tensor(counts, device=device).index_select(0, routing.index)
 
         loss = None
         if labels is not None:
-            loss = self.loss(heatmaps, groups, labels, target_weight)
+            loss = self.loss(heatmaps, routing, labels, target_weight)
         if not return_dict:
-            out = (heatmaps, counts, index) + tuple(
+            out = (heatmaps, num_keypoints, routing.index) + tuple(
                 v for v in (encoder_out.hidden_states, encoder_out.attentions) if v is not None
             )
             return ((loss,) + out) if loss is not None else out
         return ViTPoseEstimatorOutput(
             loss=loss,
             heatmaps=heatmaps,
-            num_keypoints=counts,
-            dataset_index=index,
+            num_keypoints=num_keypoints,
+            dataset_index=routing.index,
             hidden_states=encoder_out.hidden_states,
             attentions=encoder_out.attentions,
         )
 
     def loss(
-        self, heatmaps: torch.Tensor, groups: Groups, labels: torch.Tensor, target_weight: torch.Tensor | None
+        self, heatmaps: torch.Tensor, routing: DatasetRouting, labels: torch.Tensor, target_weight: torch.Tensor | None
     ) -> torch.Tensor:
         """Sum over the heads present of each head's loss on its own samples only."""
         B = heatmaps.shape[0]
@@ -705,16 +725,18 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
         if target_weight.shape[:2] != labels.shape[:2]:
             raise ValueError(f"target_weight must have shape {tuple(labels.shape[:2])}, got {tuple(target_weight.shape)}")
         total = heatmaps.new_zeros((), dtype=torch.float32)
-        for k, rows in groups:
+        for k, rows in routing.groups:
             K = self.config.num_keypoints[k]
             if labels.shape[1] < K:
                 raise ValueError(f"labels have {labels.shape[1]} channels but dataset {self.config.dataset_names[k]!r} has {K} keypoints")
-            sel = slice(None) if rows is None else rows
-            total = total + keypoint_mse_loss(heatmaps[sel, :K], labels[sel, :K], target_weight[sel, :K], B)
+            pred, gt, weight = (heatmaps, labels, target_weight) if rows is None else (
+                t.index_select(0, rows) for t in (heatmaps, labels, target_weight)
+            )
+            total = total + keypoint_mse_loss(pred[:, :K], gt[:, :K], weight[:, :K], max(B, 1))
         return total
 
     # ---- one dataset as a dense model -------------------------------------------------------------------------
-    def single_dataset(self, dataset: int | str) -> "ViTPoseForPoseEstimation":
+    def single_dataset(self, dataset: int | str) -> ViTPoseForPoseEstimation:
         """A dense model for one dataset: its expert merged into fc2 (no extra cost) and its head alone.
 
         Its outputs equal this model's with `dataset_index=dataset`; it saves with `save_pretrained`.
@@ -770,10 +792,11 @@ ViTPoseModel.register_for_auto_class("AutoModel")
 ViTPoseForPoseEstimation.register_for_auto_class("AutoModelForPoseEstimation")
 
 __all__ = [
-    "ViTPoseModel",
-    "ViTPoseForPoseEstimation",
-    "ViTPosePreTrainedModel",
-    "ViTPoseModelOutput",
+    "DatasetRouting",
     "ViTPoseEstimatorOutput",
+    "ViTPoseForPoseEstimation",
+    "ViTPoseModel",
+    "ViTPoseModelOutput",
+    "ViTPosePreTrainedModel",
     "keypoint_mse_loss",
 ]
