@@ -386,3 +386,12 @@ def test_pixel_values_of_another_float_dtype_are_cast():
         torch.testing.assert_close(model(X.double()).heatmaps, model(X).heatmaps)
         half = model.to(torch.bfloat16)(X).heatmaps
     assert half.dtype == torch.bfloat16
+
+
+def test_outputs_carry_the_model_dataset_metadata():
+    model = plus_model()
+    with torch.no_grad():
+        out = model(X, dataset_index=torch.tensor([3, 0, 3, 5]))
+    assert [d["name"] for d in out.datasets] == model.config.dataset_names
+    assert [out.datasets[i]["name"] for i in out.dataset_index.tolist()] == ["ap10k", "coco", "ap10k", "wholebody"]
+    assert out.datasets[3]["keypoint_names"][4] == "root_of_tail"

@@ -67,6 +67,8 @@ class ViTPoseEstimatorOutput(ModelOutput):
         num_keypoints: `(B,)` number of real heatmap channels of each sample.
         dataset_index: `(B,)` dataset (head) of each sample.
         hidden_states, attentions: as in `ViTPoseModelOutput`.
+        datasets: the model's dataset metadata (`config.datasets`, in head order), so that post-processing takes
+            each sample's keypoint names, flip pairs and UDP setting from the model that made the heatmaps.
     """
 
     loss: torch.Tensor | None = None
@@ -75,6 +77,7 @@ class ViTPoseEstimatorOutput(ModelOutput):
     dataset_index: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    datasets: tuple[dict[str, Any], ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -709,6 +712,7 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
             dataset_index=routing.index,
             hidden_states=encoder_out.hidden_states,
             attentions=encoder_out.attentions,
+            datasets=tuple(self.config.datasets),
         )
 
     def loss(
