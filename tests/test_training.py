@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
 from vitpose_hf import train as train_module
 from vitpose_hf.augment import AugmentConfig, MixedDatasetSampler, TopDownCollator, TopDownDataset, TopDownSource, TopDownTransform, InstanceTable
+from vitpose_hf.conversion import adapt_model, convert_vit_state_dict, load_vit_backbone
 from vitpose_hf.geometry import warp_matrix
 from vitpose_hf.hub_dataset import SYNTHETIC_FIGURE_LAYOUT, explode_instances, synthetic_keypoint_dataset, write_layout
 from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
@@ -247,7 +248,7 @@ def test_init_from_transformers_vit_interpolates_the_position_embedding(tmp_path
                            deconv_channels=16)
     model = ViTPoseForPoseEstimation(config)
     last_norm = model.backbone.last_norm.weight.detach().clone()
-    train_module.load_vit_backbone(model, str(tmp_path / "encoder"))
+    load_vit_backbone(model, str(tmp_path / "encoder"))
     ours = model.state_dict()
     layer = "encoder.layer.1.attention.attention."
     qkv = torch.cat([state[layer + n + ".weight"] for n in ("query", "key", "value")])
@@ -262,18 +263,35 @@ def test_init_from_transformers_vit_interpolates_the_position_embedding(tmp_path
     torch.testing.assert_close(ours["backbone.pos_embed"], torch.cat([pos[:, :1], grid], dim=1))
     torch.testing.assert_close(model.backbone.last_norm.weight, last_norm)  # the encoder's final norm is not used
     # transformers 5 modules name their weights differently in memory: the same tensors come out
-    in_memory, _ = train_module.convert_vit_state_dict(source.state_dict(), config)
+    in_memory, _ = convert_vit_state_dict(source.state_dict(), config)
     for key, value in in_memory.items():
         torch.testing.assert_close(value, ours[key])
     out = model(torch.randn(2, 3, 64, 48))
     assert torch.isfinite(out.heatmaps).all()
 
 
+def test_position_table_without_class_slot_gets_a_zero_slot_and_is_resampled():
+    """timm-style tables without the class slot: the backbone's extra leading slot starts at zero; the grid is
+    resampled as torch's bicubic (align_corners=False) of the square table; a table of 1 + non-square is refused."""
+    from vitpose_hf.conversion import _interpolate_pos_embed
+
+    torch.manual_seed(0)
+    table = torch.randn(1, 16, 8)
+    out = _interpolate_pos_embed(table, (8, 6))
+    grid = torch.nn.functional.interpolate(table.reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic",
+                                           align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 8)
+    torch.testing.assert_close(out, torch.cat([torch.zeros(1, 1, 8), grid], dim=1))
+    same = torch.randn(1, 1 + 36, 8)
+    assert torch.equal(_interpolate_pos_embed(same, (6, 6)), same)  # already the model's grid: unchanged
+    with pytest.raises(ValueError, match="square grid"):
+        _interpolate_pos_embed(torch.randn(1, 1 + 12, 8), (8, 6))
+
+
 def test_dense_to_experts_keeps_the_function_and_reuses_heads():
     torch.manual_seed(0)
     dense = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
                                                    patch_size=8, deconv_channels=16, datasets=["coco"])).eval()
-    plus = train_module.adapt_model(dense, [get_dataset_info("coco"), get_dataset_info("ap10k")], num_experts=2).eval()
+    plus = adapt_model(dense, [get_dataset_info("coco"), get_dataset_info("ap10k")], num_experts=2).eval()
     assert plus.config.num_experts == 2 and plus.config.part_features == 8
     x = torch.randn(3, 3, 64, 48)
     with torch.no_grad():
@@ -286,7 +304,7 @@ def test_dense_to_experts_keeps_the_function_and_reuses_heads():
     # a six-expert checkpoint with the COCO head only (transformers' ViTPose++): AP-10K gets expert 3, the official index
     six = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
                                                  patch_size=8, deconv_channels=16, num_experts=6, part_features=8)).eval()
-    animal = train_module.adapt_model(six, [get_dataset_info("ap10k")], num_experts=1).eval()
+    animal = adapt_model(six, [get_dataset_info("ap10k")], num_experts=1).eval()
     with torch.no_grad():
         torch.testing.assert_close(animal.backbone(x).last_hidden_state, six.backbone(x, expert_index=3).last_hidden_state)
 
@@ -368,7 +386,7 @@ def _heads_and_experts(state: dict) -> dict[str, torch.Tensor]:
 def test_multi_dataset_trains_each_head_and_expert_on_its_own_data(two_layouts, tmp_path):
     coco, ap10k = two_layouts
     # gradients of one batch: a head / expert gets none from the other dataset's samples
-    model = train_module.adapt_model(
+    model = adapt_model(
         ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
                                                patch_size=8, deconv_channels=16)),
         [get_dataset_info("coco"), get_dataset_info("ap10k")], num_experts=2)
@@ -419,6 +437,119 @@ def test_multi_dataset_trains_each_head_and_expert_on_its_own_data(two_layouts, 
         assert single.config.num_experts == 1 and single.config.dataset_names == [name]
         with torch.no_grad():
             torch.testing.assert_close(single(x).heatmaps, full(x, dataset_index=index).heatmaps, atol=1e-5, rtol=1e-5)
+
+
+# The official ViTPose++ recipe (ViTAE-Transformer/ViTPose, configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/coco/
+# vitPose+_base_coco+aic+mpii+ap10k+apt36k+wholebody_256x192_udp.py) crops and encodes each dataset its own way:
+#   train_pipeline (COCO):   dict(type='TopDownAffine', use_udp=True), dict(type='TopDownGenerateTarget', sigma=2,
+#                            encoding='UDP', target_type=target_type)
+#   ap10k_train_pipeline, aic_train_pipeline, cocowholebody_train_pipeline:
+#                            dict(type='TopDownAffine'), dict(type='TopDownGenerateTarget', sigma=2)
+# and mmpose's defaults are TopDownAffine(use_udp=False), TopDownGenerateTarget(encoding='MSRA').
+OFFICIAL_UDP = {"coco": True, "mpii": True, "aic": False, "ap10k": False, "wholebody": False}
+
+
+def test_multi_dataset_run_saves_each_datasets_udp_setting(two_layouts, tmp_path):
+    """Regression: the saved processor used to carry the first layout's UDP flag (COCO's True) for AP-10K too."""
+    from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+
+    coco, ap10k = two_layouts
+    out = tmp_path / "run"
+    assert run_training(tiny_args(out, coco, ap10k, steps=0, extra=("--per_device_train_batch_size", "4"))) == 0
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["use_udp"] is None  # per dataset
+    assert [get_dataset_info(d)["name"] for d in saved["dataset"]] == ["coco", "ap10k"]
+    assert [get_dataset_info(d)["use_udp"] for d in saved["dataset"]] == [OFFICIAL_UDP["coco"], OFFICIAL_UDP["ap10k"]]
+    assert ViTPoseImageProcessor.from_pretrained(out).use_udp is None
+    # the single-dataset exports agree on one setting: a plain bool, as any single-dataset folder
+    for name in ("coco", "ap10k"):
+        single = json.loads((out / "per_dataset" / name / "preprocessor_config.json").read_text())
+        assert single["use_udp"] is OFFICIAL_UDP[name] and get_dataset_info(single["dataset"])["name"] == name
+    for name in ("coco", "aic", "mpii", "ap10k", "wholebody"):  # the built-in metadata the processor reads
+        assert get_dataset_info(name)["use_udp"] is OFFICIAL_UDP[name], name
+
+
+def _two_layout_run(two_layouts, tmp_path):
+    """The training loader, evaluation sets, config and processor `vitpose-hf train` builds for coco + ap10k."""
+    argv = tiny_args(tmp_path, *two_layouts, steps=1, extra=("--per_device_eval_batch_size", "6"))
+    args = train_module.parse_args(argv)
+    specs = train_module.load_data_specs(args)
+    layouts = train_module.unique_layouts(specs)
+    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
+                           patch_size=8, deconv_channels=16, datasets=layouts, num_experts=2, part_features=8)
+    for spec in specs:
+        spec.head = config.dataset_to_index(spec.layout["name"])
+    collator = TopDownCollator(17)
+    loader, _ = train_module.build_train_loader(args, specs, config, AugmentConfig(), collator, torch.device("cpu"))
+    eval_sets = train_module.build_eval_sets(args, specs, config, collator, True)
+    return loader, eval_sets, config
+
+
+def test_each_dataset_is_cropped_and_encoded_with_its_own_udp_setting(two_layouts, tmp_path):
+    """Plain crops of the training and evaluation data: targets peak where the official formulas put them."""
+    loader, eval_sets, config = _two_layout_run(two_layouts, tmp_path)
+    (H, W), (h, w) = tuple(config.image_size), tuple(config.heatmap_size)
+    train_sources = loader.dataset.sources
+    assert [s.transform.use_udp for s in train_sources] == [True, False]
+    assert [s.transform.use_udp for s in (es.dataset.sources[0] for es in eval_sets)] == [True, False]
+    checked = {True: 0, False: 0}
+    for dataset in [loader.dataset] + [es.dataset for es in eval_sets]:
+        for s, source in enumerate(dataset.sources):
+            udp = OFFICIAL_UDP[source.transform.info["name"]]
+            for i in range(3):
+                sample = dataset[(s, i, None)]  # no seed: the plain crop
+                x, y, bw, bh = source.table.boxes[i].astype(np.float64)
+                # official _xywh2cs: centre, aspect fix to W / H, padding 1.25, 200-px units
+                center = np.array([x + bw / 2, y + bh / 2])
+                size = np.array([max(bw, bh * W / H), max(bh, bw * H / W)]) * 1.25
+                np.testing.assert_allclose(sample["center"].numpy(), center, rtol=1e-5)
+                np.testing.assert_allclose(sample["scale"].numpy() * 200, size, rtol=1e-5)
+                kps = source.table.keypoints[i].astype(np.float64)
+                if udp:  # get_warp_matrix: (W-1, H-1) steps; _udp_generate_target: stride (W-1) / (w-1)
+                    crop = (kps[:, :2] - center) * (np.array([W, H]) - 1) / size + (np.array([W, H]) - 1) / 2
+                    mu = crop / ((np.array([W, H]) - 1) / (np.array([w, h]) - 1))
+                else:  # get_affine_transform: (W, H); _msra_generate_target: stride W / w, centre int(x / stride + 0.5)
+                    crop = (kps[:, :2] - center) * np.array([W, H]) / size + np.array([W, H]) / 2
+                    mu = crop / (np.array([W, H]) / np.array([w, h]))
+                expected = np.floor(mu + 0.5).astype(int)
+                for k in np.flatnonzero(sample["target_weight"].numpy() > 0):
+                    if not (0 <= expected[k, 0] < w and 0 <= expected[k, 1] < h):
+                        continue
+                    heat = sample["labels"][k].numpy()
+                    assert tuple(np.unravel_index(heat.argmax(), heat.shape)[::-1]) == tuple(expected[k]), (udp, k)
+                    if not udp:  # MSRA: the Gaussian sits on the integer centre, peak exactly 1
+                        assert heat.max() == pytest.approx(1.0)
+                    checked[udp] += 1
+    assert checked[True] > 20 and checked[False] > 20
+
+
+def test_evaluation_decodes_through_the_processor(two_layouts, tmp_path):
+    """Wiring test: one evaluation batch per dataset, decoded by `train.predict_batch`, equals a processor set up
+    by hand for that dataset (its UDP setting, flip pairs and decoder) and applied to the model's heatmaps."""
+    from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+
+    _, eval_sets, config = _two_layout_run(two_layouts, tmp_path)
+    torch.manual_seed(0)
+    model = ViTPoseForPoseEstimation(config).eval()
+    saved = train_module.make_processor(config)
+    size = {"height": 64, "width": 48}
+    for es in eval_sets:
+        name = es.layout["name"]
+        batch = next(iter(es.loader))
+        loss, points, scores = train_module.predict_batch(model, saved, batch, es.transform.use_udp, flip_test=True)
+        with torch.no_grad():
+            heatmaps = model(batch["pixel_values"], dataset_index=es.head).heatmaps
+            flipped = model(batch["pixel_values"].flip(-1), dataset_index=es.head).heatmaps
+        crops = {"center": batch["center"], "scale": batch["scale"]}
+        by_hand = ViTPoseImageProcessor(size=size, use_udp=OFFICIAL_UDP[name], dataset=name)
+        people = by_hand.post_process_pose_estimation(heatmaps, flip_outputs=flipped, crop_metadata=crops)[0]
+        torch.testing.assert_close(points, torch.stack([p["keypoints"] for p in people]))
+        torch.testing.assert_close(scores, torch.stack([p["scores"] for p in people]))
+        assert torch.isfinite(loss)
+        # the other dataset's setting decodes elsewhere: the comparison above can tell them apart
+        other = ViTPoseImageProcessor(size=size, use_udp=not OFFICIAL_UDP[name], dataset=name)
+        wrong = other.post_process_pose_estimation(heatmaps, flip_outputs=flipped, crop_metadata=crops)[0]
+        assert (torch.stack([p["keypoints"] for p in wrong]) - points).abs().max() > 0.5
 
 
 def test_streaming_run_and_its_resume(two_layouts, tmp_path):

@@ -13,12 +13,15 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .configuration_vitpose_hf import HEADS_BY_WIDTH, ViTPoseConfig, _SIZES
 from .keypoint_metadata import VITPOSE_PLUS_DATASETS
+from .modeling_vitpose_hf import ViTPoseForPoseEstimation, resample_position_table
 
 logger = logging.getLogger(__name__)
 
@@ -389,3 +392,238 @@ __all__ = [
     "load_transformers_vitpose",
     "save_converted",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training initialisation: ViT / MAE encoders into the backbone, and checkpoint surgery (new heads and experts).
+# Used by `vitpose-hf train` (--init_from, fine-tuning onto other layouts).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(1, [1 +] S*S, C)`` -> ``(1, 1 + h*w, C)``: keep the first (class) slot, resample the square grid.
+
+    Our backbone keeps the official extra leading slot (added to every token), so a table without one gets a zero
+    slot. The grid goes through the model's own `resample_position_table` (bicubic, align_corners=False, fp32).
+    """
+    n = pos.shape[1]
+    side = math.isqrt(n)
+    if side * side == n:  # no class slot
+        extra, table = pos.new_zeros(1, 1, pos.shape[2]), pos
+    else:
+        side = math.isqrt(n - 1)
+        if side * side != n - 1:
+            raise ValueError(f"position embedding with {n} slots is not 1 + a square grid")
+        extra, table = pos[:, :1], pos[:, 1:]
+    if (side, side) != tuple(grid):
+        table = resample_position_table(table, (side, side), tuple(grid))
+    return torch.cat([extra, table], dim=1)
+
+
+def _resize_patch_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """Official rule for a patch kernel of another size: zero-pad a smaller one, resize a larger one (bicubic)."""
+    k = weight.shape[-1]
+    if k == size:
+        return weight
+    if k < size:
+        before = (size - k) // 2
+        return F.pad(weight, (before, size - k - before, before, size - k - before))
+    return F.interpolate(weight.float(), size=(size, size), mode="bicubic", align_corners=False).to(weight.dtype)
+
+
+# Per-layer key names of ViT encoders: ours -> their names (concatenated along rows), for every format we read.
+_VIT_LAYER_FORMATS: dict[str, dict[str, list[str]]] = {
+    # transformers checkpoints on disk / the Hub (ViTModel, ViTMAEModel): encoder.layer.{i}.*
+    "hf": {
+        "attn.qkv": ["attention.attention.query", "attention.attention.key", "attention.attention.value"],
+        "attn.proj": ["attention.output.dense"], "mlp.fc1": ["intermediate.dense"], "mlp.fc2": ["output.dense"],
+        "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
+    },
+    # transformers >= 5 modules in memory: layers.{i}.*
+    "hf5": {
+        "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"], "attn.proj": ["attention.o_proj"],
+        "mlp.fc1": ["mlp.fc1"], "mlp.fc2": ["mlp.fc2"], "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
+    },
+    # timm / official MAE .pth: blocks.{i}.*
+    "timm": {name: [name] for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")},
+}
+_VIT_LAYER_PREFIX = {"hf": "encoder.layer.{i}.", "hf5": "layers.{i}.", "timm": "blocks.{i}."}
+
+
+def convert_vit_state_dict(
+    state: Mapping[str, torch.Tensor], config: ViTPoseConfig
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map a ViT / MAE encoder state dict onto our backbone (``backbone.*`` keys).
+
+    Reads transformers `ViTModel` / `ViTMAEModel` checkpoints (optionally under ``vit.``; the on-disk names and
+    transformers 5's in-memory names) and timm / official MAE names (``patch_embed``, ``pos_embed``, ``blocks.i``;
+    optionally under ``model.``). The class token and the encoder's final norm are not used (as the official
+    loader: ``last_norm`` starts fresh); the position embedding is resized to the model's token grid; with ViTPose++
+    experts every expert starts as the last ``part_features`` rows of the dense fc2 and fc2 keeps the first rows
+    (the official dense -> MoE split).
+
+    Returns:
+        ``(state_dict, unused_keys)``.
+    """
+    src = {}
+    for key, value in state.items():
+        for prefix in ("module.", "model.", "vit.", "backbone."):
+            key = key.removeprefix(prefix)
+        src[key] = value
+    C, p = config.hidden_size, config.part_features if config.num_experts > 1 else 0
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+
+    def take(name: str) -> torch.Tensor | None:
+        if name in src:
+            used.add(name)
+            return src[name]
+        return None
+
+    if "embeddings.position_embeddings" in src:
+        patch_w = take("embeddings.patch_embeddings.projection.weight")
+        patch_b = take("embeddings.patch_embeddings.projection.bias")
+        pos = take("embeddings.position_embeddings")
+        take("embeddings.cls_token")
+    else:
+        patch_w, patch_b, pos = take("patch_embed.proj.weight"), take("patch_embed.proj.bias"), take("pos_embed")
+        take("cls_token")
+    if patch_w is None or pos is None:
+        raise ValueError("the checkpoint has no ViT patch embedding / position embedding (is it a ViT or MAE encoder?)")
+    if patch_w.shape[:2] != (C, config.num_channels):
+        raise ValueError(f"checkpoint width {patch_w.shape[0]} does not match the model's hidden_size {C}")
+    formats = [f for f, prefix in _VIT_LAYER_PREFIX.items() if any(k.startswith(prefix.format(i=0)) for k in src)]
+    if not formats:
+        raise ValueError("the checkpoint has no transformer layers in a known format (encoder.layer.i, layers.i, "
+                         "blocks.i)")
+    fmt = formats[0]
+    out["backbone.patch_embed.proj.weight"] = _resize_patch_kernel(patch_w, config.patch_size)
+    if patch_b is not None:
+        out["backbone.patch_embed.proj.bias"] = patch_b
+    out["backbone.pos_embed"] = _interpolate_pos_embed(pos, config.patch_grid)
+    for i in range(config.num_hidden_layers):
+        pre, dst = _VIT_LAYER_PREFIX[fmt].format(i=i), f"backbone.blocks.{i}."
+        for ours, theirs in _VIT_LAYER_FORMATS[fmt].items():
+            for kind in ("weight", "bias"):
+                parts = [take(f"{pre}{name}.{kind}") for name in theirs]
+                if any(part is None for part in parts):
+                    raise ValueError(f"the checkpoint has no {pre}{theirs[0]}.{kind} (the model has "
+                                     f"{config.num_hidden_layers} layers)")
+                value = torch.cat(parts) if len(parts) > 1 else parts[0]
+                if ours == "mlp.fc2" and p:
+                    out[f"{dst}mlp.fc2.{kind}"] = value[: C - p]
+                    for e in range(config.num_experts):
+                        out[f"{dst}mlp.experts.{e}.{kind}"] = value[C - p:].clone()
+                else:
+                    out[f"{dst}{ours}.{kind}"] = value
+    unused = sorted(k for k in src if k not in used)
+    return out, unused
+
+
+def load_vit_backbone(model: ViTPoseForPoseEstimation, source: str, cache_dir: str | None = None) -> list[str]:
+    """Load a ViT / MAE encoder (Hub id, checkpoint folder, or .pth / .safetensors file) into ``model``'s backbone.
+
+    Returns the checkpoint keys that were not used (decoder, final norm, pooler, ...).
+    """
+    if os.path.isfile(source):
+        if source.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+            for key in ("model", "state_dict"):
+                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                    state = state[key]
+    else:
+        state = load_state_dict_files(source, **({"cache_dir": cache_dir} if cache_dir else {}))
+    mapped, unused = convert_vit_state_dict(state, model.config)
+    own = model.state_dict()
+    for key, value in mapped.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's "
+                             f"{tuple(own[key].shape)}")
+    model.load_state_dict(mapped, strict=False)
+    decoder_like = [k for k in unused if not k.startswith("decoder")]
+    logger.info(f"initialised the backbone from {source}: {len(mapped)} tensors; unused: {decoder_like[:8]}"
+                f"{' ...' if len(decoder_like) > 8 else ''}")
+    return unused
+
+
+def _dense_fc2(state: Mapping[str, torch.Tensor], prefix: str, expert: int | None, kind: str) -> torch.Tensor:
+    """The dense fc2 of one dataset: ``[fc2 | expert]`` rows for an expert model, fc2 itself for a dense one."""
+    fc2 = state[f"{prefix}mlp.fc2.{kind}"]
+    if expert is None:
+        return fc2
+    return torch.cat([fc2, state[f"{prefix}mlp.experts.{expert}.{kind}"]])
+
+
+def adapt_model(source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_experts: int,
+                part_features: int | None = None) -> ViTPoseForPoseEstimation:
+    """A model for other keypoint layouts (heads) and experts, initialised from ``source``.
+
+    The encoder is copied; a head is copied when ``source`` has a head of the same name and keypoint count, else it
+    starts fresh. Each new expert starts from the expert of its layout in ``source`` (by name, the official expert
+    order for six-expert checkpoints; else the first one): the dense FFN of that dataset is rebuilt as
+    ``[fc2 | expert]`` and split again at the new width. A dense target gets the FFN of its first layout.
+    """
+    cfg = source.config
+    config_dict = cfg.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+        config_dict.pop(key, None)
+    experts = max(1, num_experts)
+    p = (part_features or cfg.part_features or cfg.hidden_size // 4) if experts > 1 else 0
+    config_dict.update(datasets=list(layouts), num_experts=experts, part_features=p)
+    config = ViTPoseConfig(**config_dict)
+    config._attn_implementation = cfg._attn_implementation
+    model = ViTPoseForPoseEstimation(config)
+    src = source.state_dict()
+    dst = model.state_dict()
+    old_names = cfg.dataset_names
+    # experts of the source by dataset name: one per head, or the official six (transformers' ViTPose++ checkpoints
+    # kept the COCO head alone but all six experts, in the official order)
+    if cfg.num_experts == len(old_names):
+        expert_names = old_names
+    elif cfg.num_experts == len(VITPOSE_PLUS_DATASETS):
+        expert_names = list(VITPOSE_PLUS_DATASETS)
+    else:
+        expert_names = []
+    src_expert_of: dict[int, int | None] = {}
+    for k, name in enumerate(config.dataset_names):
+        if cfg.num_experts > 1:
+            src_expert_of[k] = expert_names.index(name) if name in expert_names else 0
+        else:
+            src_expert_of[k] = None
+    C = config.hidden_size
+    new_state = {}
+    for key, value in dst.items():
+        if key.startswith("heads."):
+            k, rest = key.split(".", 2)[1:]
+            name = config.dataset_names[int(k)]
+            if name in old_names:
+                old_key = f"heads.{old_names.index(name)}.{rest}"
+                if old_key in src and src[old_key].shape == value.shape:
+                    new_state[key] = src[old_key]
+            continue
+        if ".mlp.fc2." in key or ".mlp.experts." in key:
+            prefix, kind = key.split("mlp.")[0], key.rsplit(".", 1)[1]
+            if ".mlp.fc2." in key:
+                dense = _dense_fc2(src, prefix, src_expert_of[0], kind)
+                new_state[key] = dense[: C - p] if p else dense
+            else:
+                e = int(key.split(".mlp.experts.")[1].split(".")[0])
+                new_state[key] = _dense_fc2(src, prefix, src_expert_of[e], kind)[C - p:].clone()
+            continue
+        if key in src and src[key].shape == value.shape:
+            new_state[key] = src[key]
+    missing = model.load_state_dict(new_state, strict=False).missing_keys
+    fresh_heads = sorted({k.split(".")[1] for k in missing if k.startswith("heads.")})
+    if fresh_heads:
+        logger.info(f"new heads (random init): {[config.dataset_names[int(k)] for k in fresh_heads]}")
+    other = [k for k in missing if not k.startswith("heads.")]
+    if other:
+        raise ValueError(f"could not initialise {other[:5]} from the checkpoint")
+    return model
+
+
+__all__ += ["adapt_model", "convert_vit_state_dict", "load_vit_backbone"]

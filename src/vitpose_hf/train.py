@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .augment import (
     AugmentConfig,
@@ -46,9 +45,9 @@ from .augment import (
     TopDownSource,
     TopDownTransform,
 )
-from .codecs import flip_back
 from .configuration_vitpose_hf import LAYER_DECAY, ViTPoseConfig
-from .geometry import PIXEL_STD, crop_to_image
+from .conversion import adapt_model, load_vit_backbone
+from .geometry import PIXEL_STD
 from .hub_dataset import (
     BAD_STATUSES,
     check_instance,
@@ -58,24 +57,33 @@ from .hub_dataset import (
     load_image_split,
     read_layout,
 )
-from .keypoint_metadata import VITPOSE_PLUS_DATASETS, flip_indices
+from .image_processing_vitpose_hf import ViTPoseImageProcessor
+from .keypoint_metadata import KEYPOINT_DATASETS
 from .modeling_vitpose_hf import ViTPoseForPoseEstimation
 
 __all__ = [
-    "add_arguments",
-    "parse_args",
-    "run",
-    "main",
-    "StepWarmupSchedule",
-    "TrainingProgress",
-    "build_optimizer",
-    "convert_vit_state_dict",
-    "load_vit_backbone",
-    "adapt_model",
-    "set_drop_path",
-    "find_checkpoint",
-    "files_to_push",
     "HUB_IGNORE_PATTERNS",
+    "StepWarmupSchedule",
+    "TrainState",
+    "TrainingProgress",
+    "add_arguments",
+    "build_optimizer",
+    "evaluate",
+    "files_to_push",
+    "find_checkpoint",
+    "finish",
+    "main",
+    "make_processor",
+    "maybe_evaluate",
+    "parse_args",
+    "predict_batch",
+    "resume",
+    "run",
+    "save",
+    "set_drop_path",
+    "setup",
+    "train_epoch",
+    "train_step",
 ]
 
 logger = logging.getLogger("vitpose_hf.train")
@@ -92,14 +100,18 @@ HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf train` (run with ``--help`` for the list)."""
     m = parser.add_argument_group("model (one of --model_name_or_path, --model_size, --config_name)")
-    m.add_argument("--model_name_or_path", help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune")
-    m.add_argument("--model_size", choices=["s", "b", "l", "h"], help="build ViTPose-S/B/L/H from scratch (see --init_from)")
-    m.add_argument("--init_from", help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE .pth / "
-                   ".safetensors file, converted into the backbone (position embedding interpolated)")
+    m.add_argument("--model_name_or_path",
+                   help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune")
+    m.add_argument("--model_size", choices=["s", "b", "l", "h"],
+                   help="build ViTPose-S/B/L/H from scratch (see --init_from)")
+    m.add_argument("--init_from", help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE "
+                   ".pth / .safetensors file, converted into the backbone (position embedding interpolated)")
     m.add_argument("--config_name", help="config.json (or its folder) of the model to build from scratch")
-    m.add_argument("--config_overrides", help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"')
+    m.add_argument("--config_overrides",
+                   help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"')
     m.add_argument("--decoder", choices=["classic", "simple"], default="classic", help="heatmap decoder for new models")
-    m.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="input size of new models (256 192)")
+    m.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                   help="input size of new models (256 192)")
     m.add_argument("--experts", choices=["auto", "per_dataset", "none"], default="auto",
                    help="ViTPose++ experts: one per keypoint layout (auto: when training several layouts), or none")
     m.add_argument("--part_features", type=int, help="expert width (default hidden_size / 4)")
@@ -109,15 +121,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset_name", action="append", required=True,
                    help="Hub dataset id, save_to_disk folder or parquet folder (repeat for multi-dataset training)")
     d.add_argument("--dataset_layout", action="append",
-                   help="keypoint layout of each --dataset_name: built-in name (coco, aic, mpii, ap10k, ...) or layout json "
-                   "(default: the dataset's keypoint_info.json)")
+                   help="keypoint layout of each --dataset_name: built-in name (coco, aic, mpii, ap10k, ...) or layout "
+                   "json (default: the dataset's keypoint_info.json)")
     d.add_argument("--dataset_ratio", type=float, nargs="+", action="extend",
                    help="sampling share of each --dataset_name (default: proportional to size, as the official code)")
     d.add_argument("--train_split", default="train")
     d.add_argument("--validation_split", default="validation")
     d.add_argument("--train_val_split", type=float, default=0.0,
                    help="fraction of training images held out for validation when a dataset has no validation split")
-    d.add_argument("--max_train_samples", type=int, help="use only the first N training images of each dataset (debugging)")
+    d.add_argument("--max_train_samples", type=int,
+                   help="use only the first N training images of each dataset (debugging)")
     d.add_argument("--max_eval_samples", type=int, help="use only the first N validation images of each dataset")
     d.add_argument("--streaming", action="store_true", help="stream the training split (datasets.IterableDataset); "
                    "needs --max_train_steps")
@@ -135,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--num_train_epochs", type=int, default=210)
     o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
     o.add_argument("--learning_rate", type=float, help="default 5e-4, or 1e-3 for multi-dataset ViTPose++")
-    o.add_argument("--layer_decay", type=float, help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)")
+    o.add_argument("--layer_decay", type=float,
+                   help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)")
     o.add_argument("--weight_decay", type=float, default=0.1)
     o.add_argument("--adam_beta1", type=float, default=0.9)
     o.add_argument("--adam_beta2", type=float, default=0.999)
@@ -270,7 +284,8 @@ class TrainingProgress:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Models: from a checkpoint, a size preset or a config; MAE / ViT initialisation; new heads and experts
+# Models: from a checkpoint, a size preset or a config (MAE / ViT initialisation and new heads or experts: the
+# checkpoint surgery of `conversion`)
 # ---------------------------------------------------------------------------------------------------------------
 def set_drop_path(model: ViTPoseForPoseEstimation, rate: float) -> None:
     """Set the stochastic-depth rate (linear from 0 at block 0 to ``rate`` at the last block)."""
@@ -279,227 +294,6 @@ def set_drop_path(model: ViTPoseForPoseEstimation, rate: float) -> None:
     depth = len(blocks)
     for i, block in enumerate(blocks):
         block.drop_path1.rate = block.drop_path2.rate = float(rate) * i / max(depth - 1, 1)
-
-
-def _interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``(1, [1 +] S*S, C)`` -> ``(1, 1 + h*w, C)``: keep the first (class) slot, bicubic-resize the square grid."""
-    n = pos.shape[1]
-    side = math.isqrt(n)
-    if side * side == n:  # no class slot: add a zero one (it is added to every token)
-        extra, table = pos.new_zeros(1, 1, pos.shape[2]), pos
-    else:
-        side = math.isqrt(n - 1)
-        if side * side != n - 1:
-            raise ValueError(f"position embedding with {n} slots is not 1 + a square grid")
-        extra, table = pos[:, :1], pos[:, 1:]
-    if (side, side) != tuple(grid):
-        table = table.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-        table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
-        table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
-    return torch.cat([extra, table], dim=1)
-
-
-def _resize_patch_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
-    """Official rule for a patch kernel of another size: zero-pad a smaller one, resize a larger one (bicubic)."""
-    k = weight.shape[-1]
-    if k == size:
-        return weight
-    if k < size:
-        before = (size - k) // 2
-        return F.pad(weight, (before, size - k - before, before, size - k - before))
-    return F.interpolate(weight.float(), size=(size, size), mode="bicubic", align_corners=False).to(weight.dtype)
-
-
-# Per-layer key names of ViT encoders: (ours, [(their name, rows)]) for every format we read.
-_VIT_LAYER_FORMATS: dict[str, dict[str, list[str]]] = {
-    # transformers checkpoints on disk / the Hub (ViTModel, ViTMAEModel): encoder.layer.{i}.*
-    "hf": {
-        "attn.qkv": ["attention.attention.query", "attention.attention.key", "attention.attention.value"],
-        "attn.proj": ["attention.output.dense"], "mlp.fc1": ["intermediate.dense"], "mlp.fc2": ["output.dense"],
-        "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
-    },
-    # transformers >= 5 modules in memory: layers.{i}.*
-    "hf5": {
-        "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"], "attn.proj": ["attention.o_proj"],
-        "mlp.fc1": ["mlp.fc1"], "mlp.fc2": ["mlp.fc2"], "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
-    },
-    # timm / official MAE .pth: blocks.{i}.*
-    "timm": {name: [name] for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")},
-}
-_VIT_LAYER_PREFIX = {"hf": "encoder.layer.{i}.", "hf5": "layers.{i}.", "timm": "blocks.{i}."}
-
-
-def convert_vit_state_dict(state: Mapping[str, torch.Tensor], config: ViTPoseConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Map a ViT / MAE encoder state dict onto our backbone (``backbone.*`` keys).
-
-    Reads transformers `ViTModel` / `ViTMAEModel` checkpoints (optionally under ``vit.``; the on-disk names and
-    transformers 5's in-memory names) and timm / official MAE names (``patch_embed``, ``pos_embed``, ``blocks.i``;
-    optionally under ``model.``). The class token and the encoder's final norm are not used (as the official
-    loader: ``last_norm`` starts fresh); the position embedding is resized to the model's token grid; with ViTPose++
-    experts every expert starts as the last ``part_features`` rows of the dense fc2 and fc2 keeps the first rows
-    (the official dense -> MoE split).
-
-    Returns:
-        ``(state_dict, unused_keys)``.
-    """
-    src = {}
-    for key, value in state.items():
-        for prefix in ("module.", "model.", "vit.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        src[key] = value
-    C, p = config.hidden_size, config.part_features if config.num_experts > 1 else 0
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor | None:
-        if name in src:
-            used.add(name)
-            return src[name]
-        return None
-
-    if "embeddings.position_embeddings" in src:
-        patch_w, patch_b = take("embeddings.patch_embeddings.projection.weight"), take("embeddings.patch_embeddings.projection.bias")
-        pos = take("embeddings.position_embeddings")
-        take("embeddings.cls_token")
-    else:
-        patch_w, patch_b, pos = take("patch_embed.proj.weight"), take("patch_embed.proj.bias"), take("pos_embed")
-        take("cls_token")
-    if patch_w is None or pos is None:
-        raise ValueError("the checkpoint has no ViT patch embedding / position embedding (is it a ViT or MAE encoder?)")
-    if patch_w.shape[:2] != (C, config.num_channels):
-        raise ValueError(f"checkpoint width {patch_w.shape[0]} does not match the model's hidden_size {C}")
-    formats = [f for f, prefix in _VIT_LAYER_PREFIX.items() if any(k.startswith(prefix.format(i=0)) for k in src)]
-    if not formats:
-        raise ValueError("the checkpoint has no transformer layers in a known format (encoder.layer.i, layers.i, blocks.i)")
-    fmt = formats[0]
-    out["backbone.patch_embed.proj.weight"] = _resize_patch_kernel(patch_w, config.patch_size)
-    if patch_b is not None:
-        out["backbone.patch_embed.proj.bias"] = patch_b
-    out["backbone.pos_embed"] = _interpolate_pos_embed(pos, config.patch_grid)
-    for i in range(config.num_hidden_layers):
-        pre, dst = _VIT_LAYER_PREFIX[fmt].format(i=i), f"backbone.blocks.{i}."
-        for ours, theirs in _VIT_LAYER_FORMATS[fmt].items():
-            for kind in ("weight", "bias"):
-                parts = [take(f"{pre}{name}.{kind}") for name in theirs]
-                if any(part is None for part in parts):
-                    raise ValueError(f"the checkpoint has no {pre}{theirs[0]}.{kind} (the model has {config.num_hidden_layers} layers)")
-                value = torch.cat(parts) if len(parts) > 1 else parts[0]
-                if ours == "mlp.fc2" and p:
-                    out[f"{dst}mlp.fc2.{kind}"] = value[: C - p]
-                    for e in range(config.num_experts):
-                        out[f"{dst}mlp.experts.{e}.{kind}"] = value[C - p:].clone()
-                else:
-                    out[f"{dst}{ours}.{kind}"] = value
-    unused = sorted(k for k in src if k not in used)
-    return out, unused
-
-
-def load_vit_backbone(model: ViTPoseForPoseEstimation, source: str, cache_dir: str | None = None) -> list[str]:
-    """Load a ViT / MAE encoder (Hub id, checkpoint folder, or .pth / .safetensors file) into ``model``'s backbone.
-
-    Returns the checkpoint keys that were not used (decoder, final norm, pooler, ...).
-    """
-    if os.path.isfile(source):
-        if source.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(source)
-        else:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-            for key in ("model", "state_dict"):
-                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                    state = state[key]
-    else:
-        from .conversion import load_state_dict_files
-
-        kwargs = {"cache_dir": cache_dir} if cache_dir else {}
-        state = load_state_dict_files(source, **kwargs)
-    mapped, unused = convert_vit_state_dict(state, model.config)
-    own = model.state_dict()
-    for key, value in mapped.items():
-        if own[key].shape != value.shape:
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's {tuple(own[key].shape)}")
-    model.load_state_dict(mapped, strict=False)
-    decoder_like = [k for k in unused if not k.startswith("decoder")]
-    logger.info(f"initialised the backbone from {source}: {len(mapped)} tensors; unused: {decoder_like[:8]}"
-                f"{' ...' if len(decoder_like) > 8 else ''}")
-    return unused
-
-
-def _dense_fc2(state: Mapping[str, torch.Tensor], prefix: str, expert: int | None, kind: str) -> torch.Tensor:
-    fc2 = state[f"{prefix}mlp.fc2.{kind}"]
-    if expert is None:
-        return fc2
-    return torch.cat([fc2, state[f"{prefix}mlp.experts.{expert}.{kind}"]])
-
-
-def adapt_model(source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_experts: int,
-                part_features: int | None = None) -> ViTPoseForPoseEstimation:
-    """A model for other keypoint layouts (heads) and experts, initialised from ``source``.
-
-    The encoder is copied; a head is copied when ``source`` has a head of the same name and keypoint count, else it
-    starts fresh. Each new expert starts from the expert of its layout in ``source`` (by name, the official expert
-    order for six-expert checkpoints; else the first one): the dense FFN of that dataset is rebuilt as
-    ``[fc2 | expert]`` and split again at the new width. A dense target gets the FFN of its first layout.
-    """
-    cfg = source.config
-    config_dict = cfg.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
-        config_dict.pop(key, None)
-    experts = num_experts if num_experts > 1 else 1
-    p = (part_features or cfg.part_features or cfg.hidden_size // 4) if experts > 1 else 0
-    config_dict.update(datasets=list(layouts), num_experts=experts, part_features=p)
-    config = ViTPoseConfig(**config_dict)
-    config._attn_implementation = cfg._attn_implementation
-    model = ViTPoseForPoseEstimation(config)
-    src = source.state_dict()
-    dst = model.state_dict()
-    old_names = cfg.dataset_names
-    # experts of the source by dataset name: one per head, or the official six (transformers' ViTPose++ checkpoints
-    # kept the COCO head alone but all six experts, in the official order)
-    if cfg.num_experts == len(old_names):
-        expert_names = old_names
-    elif cfg.num_experts == len(VITPOSE_PLUS_DATASETS):
-        expert_names = list(VITPOSE_PLUS_DATASETS)
-    else:
-        expert_names = []
-    src_expert_of: dict[int, int | None] = {}
-    for k, name in enumerate(config.dataset_names):
-        if cfg.num_experts > 1:
-            src_expert_of[k] = expert_names.index(name) if name in expert_names else 0
-        else:
-            src_expert_of[k] = None
-    C = config.hidden_size
-    new_state = {}
-    for key, value in dst.items():
-        if key.startswith("heads."):
-            k, rest = key.split(".", 2)[1:]
-            name = config.dataset_names[int(k)]
-            if name in old_names:
-                old_key = f"heads.{old_names.index(name)}.{rest}"
-                if old_key in src and src[old_key].shape == value.shape:
-                    new_state[key] = src[old_key]
-            continue
-        if ".mlp.fc2." in key or ".mlp.experts." in key:
-            prefix, kind = key.split("mlp.")[0], key.rsplit(".", 1)[1]
-            if ".mlp.fc2." in key:
-                dense = _dense_fc2(src, prefix, src_expert_of[0], kind)
-                new_state[key] = dense[: C - p] if p else dense
-            else:
-                e = int(key.split(".mlp.experts.")[1].split(".")[0])
-                new_state[key] = _dense_fc2(src, prefix, src_expert_of[e], kind)[C - p:].clone()
-            continue
-        if key in src and src[key].shape == value.shape:
-            new_state[key] = src[key]
-    missing = model.load_state_dict(new_state, strict=False).missing_keys
-    fresh_heads = sorted({k.split(".")[1] for k in missing if k.startswith("heads.")})
-    if fresh_heads:
-        logger.info(f"new heads (random init): {[config.dataset_names[int(k)] for k in fresh_heads]}")
-    other = [k for k in missing if not k.startswith("heads.")]
-    if other:
-        raise ValueError(f"could not initialise {other[:5]} from the checkpoint")
-    return model
 
 
 def _size_key(config: ViTPoseConfig) -> str | None:
@@ -514,7 +308,8 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
         model = ViTPoseForPoseEstimation.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
         names = model.config.dataset_names
         same_heads = all(
-            d["name"] in names and model.config.datasets[names.index(d["name"])]["keypoint_names"] == d["keypoint_names"]
+            d["name"] in names
+            and model.config.datasets[names.index(d["name"])]["keypoint_names"] == d["keypoint_names"]
             for d in layouts
         )
         experts_ok = (model.config.num_experts > 1) == want_experts or (args.experts == "auto" and same_heads)
@@ -525,7 +320,8 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
             model = adapt_model(model, layouts, len(layouts) if want_experts else 1, args.part_features)
     else:
         if args.model_size:
-            preset = f"vitpose{'-plus' if want_experts else ''}-{args.model_size}" + ("-simple" if args.decoder == "simple" else "")
+            preset = f"vitpose{'-plus' if want_experts else ''}-{args.model_size}"
+            preset += "-simple" if args.decoder == "simple" else ""
             kwargs: dict[str, Any] = {"datasets": layouts}
             if want_experts:
                 kwargs["num_experts"] = len(layouts)
@@ -533,7 +329,8 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
                 kwargs["image_size"] = tuple(args.image_size)
             kwargs.update(overrides)
             if want_experts and "part_features" not in overrides:
-                kwargs["part_features"] = args.part_features or kwargs.get("hidden_size", ViTPoseConfig.from_preset(preset).hidden_size) // 4
+                width = kwargs.get("hidden_size", ViTPoseConfig.from_preset(preset).hidden_size)
+                kwargs["part_features"] = args.part_features or width // 4
             config = ViTPoseConfig.from_preset(preset, **kwargs)
         else:
             path = args.config_name
@@ -549,7 +346,8 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
             config_dict.update(overrides)
             if want_experts:
                 config_dict["num_experts"] = len(layouts)
-                config_dict["part_features"] = args.part_features or config_dict.get("part_features") or config_dict.get("hidden_size", 768) // 4
+                config_dict["part_features"] = (args.part_features or config_dict.get("part_features")
+                                                or config_dict.get("hidden_size", 768) // 4)
             else:
                 config_dict.update(num_experts=1, part_features=0)
             config = ViTPoseConfig(**config_dict)
@@ -585,7 +383,8 @@ def load_data_specs(args: argparse.Namespace) -> list[DataSpec]:
         else:
             layout = find_layout(name)
             if layout is None:
-                raise ValueError(f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, mpii, ap10k, ... or a json)")
+                raise ValueError(f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, mpii, ap10k, ... "
+                                 "or a json)")
         train = load_image_split(name, args.train_split, streaming=args.streaming, cache_dir=args.cache_dir)
         if train is None:
             raise ValueError(f"{name!r} has no {args.train_split!r} split")
@@ -660,40 +459,63 @@ class EvalSet:
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, eval_sets: Sequence[EvalSet], accelerator: Any, flip_test: bool = False) -> dict[str, dict[str, float]]:
+def predict_batch(
+    model: torch.nn.Module, processor: ViTPoseImageProcessor, batch: Mapping[str, torch.Tensor], use_udp: bool,
+    flip_test: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss, image keypoints ``(B, K, 2)`` and scores ``(B, K)`` of one evaluation batch.
+
+    Decoding is the processor's `post_process_pose_estimation` (flip test, decoder, crop-to-image) with the crops
+    of the batch (``center``, ``scale``) cut with ``use_udp``, the setting of the batch's dataset.
+    """
+    out = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
+                labels=batch["labels"], target_weight=batch["target_weight"])
+    flipped = None
+    if flip_test:
+        flipped = model(pixel_values=processor.flip_pixel_values(batch["pixel_values"]),
+                        dataset_index=batch["dataset_index"])
+    crops = {"center": batch["center"], "scale": batch["scale"], "use_udp": bool(use_udp)}
+    people = [p for image in processor.post_process_pose_estimation(out, flip_outputs=flipped, crop_metadata=crops)
+              for p in image]
+    points = torch.stack([p["keypoints"] for p in people])
+    scores = torch.stack([p["scores"] for p in people])
+    return out.loss, points, scores
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, eval_sets: Sequence[EvalSet], accelerator: Any, flip_test: bool = False,
+    processor: ViTPoseImageProcessor | None = None,
+) -> dict[str, dict[str, float]]:
     """Validation loss and COCO keypoint AP (GT boxes, official rescoring + OKS-NMS) per evaluation set.
 
-    AP needs the layout's OKS sigmas and pycocotools; without them only the loss is reported.
+    Keypoints are decoded by ``processor`` (default: the one saved with the model, `make_processor`), each set with
+    its own dataset's UDP setting. AP needs the layout's OKS sigmas and pycocotools; without them only the loss is
+    reported.
     """
     from accelerate.utils import broadcast_object_list
 
+    if processor is None:
+        processor = make_processor(accelerator.unwrap_model(model).config)
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, float]] = {}
     for es in eval_sets:
-        k = es.layout["num_keypoints"]
-        transform = es.transform
-        flip_index = flip_indices(es.layout)
         parts: dict[str, list[torch.Tensor]] = {"points": [], "scores": [], "instance": [], "loss": [], "scale": []}
         for batch in es.loader:
-            out = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
-                        labels=batch["labels"], target_weight=batch["target_weight"])
-            heatmaps = out.heatmaps[:, :k].float()
-            if flip_test:
-                flipped = model(pixel_values=batch["pixel_values"].flip(-1), dataset_index=batch["dataset_index"]).heatmaps
-                heatmaps = 0.5 * (heatmaps + flip_back(flipped[:, :k].float(), flip_index, shift=not transform.use_udp))
-            coords, scores = transform.codec.decode(heatmaps)
-            points = crop_to_image(coords, batch["center"].float(), batch["scale"].float(), transform.input_size, None, transform.use_udp)
-            b = heatmaps.shape[0]
+            loss, points, scores = predict_batch(model, processor, batch, es.transform.use_udp, flip_test)
+            b = points.shape[0]
             gathered = accelerator.gather_for_metrics({
-                "points": points.float().contiguous(), "scores": scores.float().contiguous(), "instance": batch["instance"],
-                "loss": out.loss.detach().float().expand(b).contiguous(), "scale": batch["scale"].float(),
+                "points": points.float().contiguous(), "scores": scores.float().contiguous(),
+                "instance": batch["instance"], "loss": loss.detach().float().expand(b).contiguous(),
+                "scale": batch["scale"].float(),
             })
             for key, value in gathered.items():
                 parts[key].append(value.cpu())
         metrics: dict[str, float] = {}
         if accelerator.is_main_process and parts["points"]:
-            points, scores, instances, scales = (torch.cat(parts[key]).numpy() for key in ("points", "scores", "instance", "scale"))
+            points, scores, instances, scales = (torch.cat(parts[key]).numpy()
+                                                 for key in ("points", "scores", "instance", "scale"))
             metrics["loss"] = float(torch.cat(parts["loss"]).mean())
             table = es.dataset.sources[0].table
             poses = [
@@ -772,25 +594,27 @@ def files_to_push(output_dir: str | os.PathLike) -> list[str]:
     return list(filter_repo_objects(files, ignore_patterns=HUB_IGNORE_PATTERNS))
 
 
-def make_processor(config: ViTPoseConfig) -> Any:
-    """The image processor saved next to the weights (UDP per the first layout's official setting)."""
-    from .image_processing_vitpose_hf import ViTPoseImageProcessor
+def make_processor(config: ViTPoseConfig) -> ViTPoseImageProcessor:
+    """The image processor saved next to the weights.
 
+    ``use_udp`` is the datasets' official setting when they agree (one bool), else None: per dataset, from each
+    dataset's ``use_udp`` (the official ViTPose++ recipe trains COCO / MPII with UDP, AIC / AP-10K / WholeBody
+    without). Built-in layouts are saved by name, others as their info dict.
+    """
     datasets = config.datasets
-    names = [d if not _is_builtin(d) else d["name"] for d in datasets]
-    dataset = names[0] if len(names) == 1 else names
+    names = [d["name"] if _is_builtin(d) else d for d in datasets]
+    flags = {bool(d["use_udp"]) for d in datasets}
     return ViTPoseImageProcessor(
         size={"height": config.image_size[0], "width": config.image_size[1]},
-        use_udp=bool(datasets[0]["use_udp"]),
-        dataset=dataset,
+        use_udp=flags.pop() if len(flags) == 1 else None,
+        dataset=names[0] if len(names) == 1 else names,
     )
 
 
 def _is_builtin(info: Mapping[str, Any]) -> bool:
-    from .keypoint_metadata import KEYPOINT_DATASETS
-
+    """``info`` is the built-in layout of its name (keypoints, flip pairs and UDP setting): its name stands for it."""
     known = KEYPOINT_DATASETS.get(info["name"])
-    return known is not None and known["keypoint_names"] == info["keypoint_names"]
+    return known is not None and all(known[key] == info[key] for key in ("keypoint_names", "flip_pairs", "use_udp"))
 
 
 def save_model_folder(
@@ -828,7 +652,9 @@ def _force_cpu(args: argparse.Namespace) -> bool:
 def _rng_guard(device: torch.device) -> Any:
     """Keep the global RNG untouched (data-loader start-up and evaluation must not shift the training stream,
     or a resumed run, which starts its loader at another point, would draw other drop-path masks)."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     return torch.random.fork_rng(devices=devices)
 
 
@@ -866,14 +692,19 @@ def build_train_loader(
 ) -> tuple[torch.utils.data.DataLoader, dict[str, dict[str, int]]]:
     """The training DataLoader (map-style with `MixedDatasetSampler`, or a stream) and the bad-annotation counts."""
     input_size, heatmap_size = tuple(config.image_size), tuple(config.heatmap_size)
-    kwargs: dict[str, Any] = dict(batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers,
-                                  collate_fn=collator, pin_memory=device.type == "cuda",
-                                  generator=torch.Generator().manual_seed(args.seed))
+    kwargs: dict[str, Any] = {
+        "batch_size": args.per_device_train_batch_size, "num_workers": args.dataloader_num_workers,
+        "collate_fn": collator, "pin_memory": device.type == "cuda",
+        "generator": torch.Generator().manual_seed(args.seed),
+    }
     if args.dataloader_num_workers > 0:
         kwargs.update(persistent_workers=not args.streaming, prefetch_factor=4)
-    ratios = [s.ratio if s.ratio is not None else 1.0 for s in specs] if any(s.ratio is not None for s in specs) else None
+    ratios = None
+    if any(s.ratio is not None for s in specs):
+        ratios = [s.ratio if s.ratio is not None else 1.0 for s in specs]
     if args.streaming:
-        sources = [StreamSource(spec.name, spec.train, TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma), spec.head)
+        sources = [StreamSource(spec.name, spec.train,
+                                TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma), spec.head)
                    for spec in specs]
         dataset = StreamingTopDownDataset(sources, ratios, seed=args.seed, shuffle_buffer=args.shuffle_buffer_size)
         return torch.utils.data.DataLoader(dataset, **kwargs), {}
@@ -884,14 +715,15 @@ def build_train_loader(
         spec.counts = counts
         skipped[spec.name] = {key: counts[key] for key in BAD_STATUSES if counts.get(key)}
         transform = TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma)
-        sources.append(TopDownSource(spec.name, spec.train.select_columns(["image"]), InstanceTable.from_dataset(instances, k),
-                                     transform, spec.head))
+        sources.append(TopDownSource(spec.name, spec.train.select_columns(["image"]),
+                                     InstanceTable.from_dataset(instances, k), transform, spec.head))
     sampler = MixedDatasetSampler([len(s.table) for s in sources], ratios, seed=args.seed)
     return torch.utils.data.DataLoader(TopDownDataset(sources), sampler=sampler, **kwargs), skipped
 
 
 def build_eval_sets(
-    args: argparse.Namespace, specs: Sequence[DataSpec], config: ViTPoseConfig, collator: TopDownCollator, main_process: bool,
+    args: argparse.Namespace, specs: Sequence[DataSpec], config: ViTPoseConfig, collator: TopDownCollator,
+    main_process: bool,
 ) -> list[EvalSet]:
     """One evaluation set per dataset with a validation split (plain crops of the ground-truth boxes)."""
     input_size, heatmap_size = tuple(config.image_size), tuple(config.heatmap_size)
@@ -914,21 +746,71 @@ def build_eval_sets(
     return eval_sets
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train; returns 0. Raises ValueError for bad options or data."""
+@dataclass
+class LossWindow:
+    """What the next log line reports. The loss stays on the device between log lines (no host sync per step)."""
+
+    loss: torch.Tensor
+    batches: int = 0
+    samples: int = 0
+    data_wait: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.loss, self.batches, self.samples, self.data_wait = torch.zeros_like(self.loss), 0, 0, 0.0
+        self.start = time.perf_counter()
+
+
+@dataclass
+class TrainState:
+    """What the loop functions share: built by `setup`, advanced by `train_step`, closed by `finish`."""
+
+    args: argparse.Namespace
+    accelerator: Any
+    model: torch.nn.Module  # as prepared by the accelerator (DDP / FSDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: Any
+    eval_sets: list[EvalSet]
+    specs: list[DataSpec]
+    progress: TrainingProgress  # step and best metric; saved with every checkpoint
+    output_dir: Path
+    steps_per_epoch: int
+    num_epochs: int
+    max_steps: int
+    hyper: dict[str, Any]  # the training table of the model cards
+    skipped: dict[str, dict[str, int]]  # bad training annotations per dataset
+    window: LossWindow
+    start_epoch: int = 0
+    skip_batches: int = 0  # batches of start_epoch already trained (resume)
+    last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    last_eval_step: int = -1
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
+    def checkpoint_every(self) -> int | None:
+        steps = self.args.checkpointing_steps
+        return None if steps in (None, "epoch") else int(steps)
+
+
+def setup(args: argparse.Namespace) -> TrainState:
+    """Logging, data, model, accelerator, optimiser and schedule of a run (nothing trained yet)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.utils import set_seed
 
     _check_args(args)
     output_dir = Path(args.output_dir)
     cpu = _force_cpu(args)
-    state = PartialState(cpu=cpu)
+    process = PartialState(cpu=cpu)
     # no force=True: keep handlers that an embedding application (or pytest) installed
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("vitpose_hf").setLevel(logging.INFO if state.is_main_process else logging.WARNING)
+    logging.getLogger("vitpose_hf").setLevel(logging.INFO if process.is_main_process else logging.WARNING)
     import datasets as hf_datasets
 
-    if state.is_main_process:
+    if process.is_main_process:
         hf_datasets.utils.logging.set_verbosity_warning()
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / ".gitignore").write_text(f"{CHECKPOINT_DIR}/\n*.tmp/\n")
@@ -937,7 +819,7 @@ def run(args: argparse.Namespace) -> int:
     hf_datasets.utils.logging.disable_progress_bar()
 
     set_seed(args.seed)
-    with state.main_process_first():
+    with process.main_process_first():
         specs = load_data_specs(args)
     layouts = unique_layouts(specs)
     model = build_model(args, layouts)
@@ -966,7 +848,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{accelerator.mixed_precision}; model {config.hidden_size}x{config.num_hidden_layers}, heads "
                 f"{config.dataset_names}, experts {config.num_experts}; lr {lr}, layer decay {layer_decay}")
 
-    # ---- data
+    # data
     augment = AugmentConfig(enabled=not args.no_augmentation)
     collator = TopDownCollator(max(config.num_keypoints))
     with accelerator.main_process_first():
@@ -974,8 +856,9 @@ def run(args: argparse.Namespace) -> int:
         eval_sets = build_eval_sets(args, specs, config, collator, accelerator.is_main_process)
     input_size = tuple(config.image_size)
 
-    # ---- optimiser, schedule
-    optimizer = build_optimizer(model, lr, args.weight_decay, layer_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
+    # optimiser, schedule
+    optimizer = build_optimizer(model, lr, args.weight_decay, layer_decay, (args.adam_beta1, args.adam_beta2),
+                                args.adam_epsilon)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     for es in eval_sets:
         es.loader = accelerator.prepare(es.loader)
@@ -985,7 +868,9 @@ def run(args: argparse.Namespace) -> int:
         num_epochs, max_steps = 1, args.max_train_steps
     else:
         steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
-        max_steps = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs * steps_per_epoch
+        max_steps = args.max_train_steps
+        if max_steps is None:
+            max_steps = args.num_train_epochs * steps_per_epoch
         num_epochs = math.ceil(max_steps / steps_per_epoch)
     if args.lr_steps is None:
         milestones = [round(max_steps * f) for f in (170 / 210, 200 / 210)]
@@ -999,6 +884,7 @@ def run(args: argparse.Namespace) -> int:
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(progress)
 
+    total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     hyper = {
         "size": _size_key(config) or f"{config.hidden_size}x{config.num_hidden_layers}",
         "input size": f"{input_size[0]}x{input_size[1]}",
@@ -1006,7 +892,7 @@ def run(args: argparse.Namespace) -> int:
         "learning rate": lr, "layer decay": layer_decay, "weight decay": args.weight_decay,
         "betas": f"({args.adam_beta1}, {args.adam_beta2})", "gradient clipping": args.max_grad_norm,
         "warm-up steps": args.warmup_steps, "lr milestones (steps)": str(milestones),
-        "total batch size": args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+        "total batch size": total_batch,
         "optimizer steps": max_steps, "drop path": config.drop_path_rate,
         "mixed precision": accelerator.mixed_precision, "augmentation": "official" if augment.enabled else "none",
         "seed": args.seed,
@@ -1015,148 +901,191 @@ def run(args: argparse.Namespace) -> int:
         with open(output_dir / "training_args.json", "w", encoding="utf-8") as f:
             json.dump(_json_safe(vars(args)), f, indent=2)
     if args.report_to != "none":
-        accelerator.init_trackers("vitpose_hf_train", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("vitpose_hf_train",
+                                  {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    return TrainState(
+        args=args, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        train_loader=train_loader, eval_sets=eval_sets, specs=specs, progress=progress, output_dir=output_dir,
+        steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, max_steps=max_steps, hyper=hyper, skipped=skipped,
+        window=LossWindow(torch.zeros((), device=accelerator.device)),
+    )
 
-    # ---- resume
-    start_epoch, skip_batches = 0, 0
-    if args.resume_from_checkpoint:
-        path = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        if path is None:
-            logger.warning(f"no checkpoint under {output_dir / CHECKPOINT_DIR}: starting from scratch")
-        else:
-            accelerator.load_state(path)
-            if progress.steps_per_epoch != steps_per_epoch:
-                logger.warning(f"the checkpoint had {progress.steps_per_epoch} steps per epoch, this run has {steps_per_epoch} "
-                               "(other data, batch size or process count): the data order will differ")
-            start_epoch = progress.step // steps_per_epoch
-            skip_batches = (progress.step % steps_per_epoch) * args.gradient_accumulation_steps
-            progress.steps_per_epoch = steps_per_epoch
-            logger.info(f"resumed from {path} at step {progress.step} (epoch {start_epoch}, skipping {skip_batches} batches)")
 
-    # ---- loop
-    checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
-    log_path = output_dir / "train_log.jsonl"
-    last_eval: dict[str, dict[str, float]] = {}
-    last_eval_step = -1
-    model.train()
-    # the loss stays on the device between log lines (no host sync per step)
-    window_loss, window_count, window_data, window_start = torch.zeros((), device=accelerator.device), 0, 0.0, time.perf_counter()
-    samples_in_window = 0
-    global_step = progress.step
+def resume(state: TrainState) -> None:
+    """With --resume_from_checkpoint: load the accelerator state and find where in which epoch the run stopped."""
+    args, output_dir = state.args, state.output_dir
+    if not args.resume_from_checkpoint:
+        return
+    path = find_checkpoint(output_dir, args.resume_from_checkpoint)
+    if path is None:
+        logger.warning(f"no checkpoint under {output_dir / CHECKPOINT_DIR}: starting from scratch")
+        return
+    state.accelerator.load_state(path)
+    progress, steps_per_epoch = state.progress, state.steps_per_epoch
+    if progress.steps_per_epoch != steps_per_epoch:
+        logger.warning(f"the checkpoint had {progress.steps_per_epoch} steps per epoch, this run has {steps_per_epoch} "
+                       "(other data, batch size or process count): the data order will differ")
+    state.start_epoch = progress.step // steps_per_epoch
+    state.skip_batches = (progress.step % steps_per_epoch) * args.gradient_accumulation_steps
+    progress.steps_per_epoch = steps_per_epoch
+    logger.info(f"resumed from {path} at step {progress.step} (epoch {state.start_epoch}, skipping "
+                f"{state.skip_batches} batches)")
 
-    def log_line(record: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(_json_safe(record)) + "\n")
-        if args.report_to != "none":
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
-    def run_eval() -> None:
-        nonlocal last_eval, last_eval_step
-        if not eval_sets:
-            return
-        with _rng_guard(accelerator.device):
-            last_eval = evaluate(model, eval_sets, accelerator, args.eval_flip_test)
-        last_eval_step = global_step
-        name, value = summary_metric(last_eval)
-        record = {"step": global_step, "eval_metric": name, "eval_value": value}
-        for set_name, values in last_eval.items():
-            record.update({f"eval/{set_name}/{k}": v for k, v in values.items()})
-        log_line(record)
-        logger.info(f"step {global_step}: evaluation {json.dumps(_json_safe(last_eval))}")
-        if progress.best_metric is None or value > progress.best_metric:
-            progress.best_metric, progress.best_step, progress.best_metrics = value, global_step, last_eval
-            save_final_or_best(output_dir / "best", last_eval, best=True)
+def log_line(state: TrainState, record: dict[str, Any]) -> None:
+    """One line of ``train_log.jsonl`` (main process) and of the trackers."""
+    if state.accelerator.is_main_process:
+        with open(state.output_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(_json_safe(record)) + "\n")
+    if state.args.report_to != "none":
+        state.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
+                              step=record.get("step"))
 
-    def save_final_or_best(folder: Path, metrics: Mapping[str, Any], best: bool = False) -> None:
-        state_dict = accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            with torch.device("meta"):  # no weight init: it would draw from the global RNG and change the run
-                export = ViTPoseForPoseEstimation(unwrapped.config)
-            export.load_state_dict({k: v.detach().cpu().clone() for k, v in state_dict.items()}, assign=True)
-            export.eval()
-            notes = [f"Best validation checkpoint (step {global_step})." if best else f"Final weights after {global_step} steps."]
-            card_metrics = {name: metrics.get(_set_name(specs, name), {}) for name in export.config.dataset_names} if metrics else None
-            save_model_folder(export, str(folder), model_name=args.hub_model_id or output_dir.name, metrics=card_metrics,
-                              dataset_ids={s.layout["name"]: s.name for s in specs}, base_model=args.model_name_or_path or args.init_from,
-                              training=hyper, notes=notes)
-            if not best and len(export.heads) > 1:
-                for name in export.config.dataset_names:
-                    single = export.single_dataset(name)
-                    m = metrics.get(_set_name(specs, name)) if metrics else None
-                    save_model_folder(single, str(folder / "per_dataset" / name), model_name=f"{args.hub_model_id or output_dir.name}-{name}",
-                                      metrics={name: m} if m else None, dataset_ids={s.layout["name"]: s.name for s in specs},
-                                      base_model=args.model_name_or_path or args.init_from, training=hyper,
-                                      notes=[f"Single-dataset export of the `{name}` head (expert merged into the FFN)."])
-            logger.info(f"Saved {'best ' if best else ''}model to {folder}")
-        accelerator.wait_for_everyone()
 
-    done = global_step >= max_steps
-    for epoch in range(start_epoch, num_epochs):
-        if done:
+def _log_progress(state: TrainState, epoch: int) -> None:
+    """The log line of the loss window that ends at this step; starts a new window."""
+    window, accelerator, lr = state.window, state.accelerator, state.scheduler.get_last_lr()[-1]
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    mean_loss = float(accelerator.reduce(window.loss / max(window.batches, 1), "mean"))
+    log_line(state, {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                     "samples_per_second": window.samples * accelerator.num_processes / elapsed,
+                     "data_wait_share": window.data_wait / elapsed})
+    logger.info(f"step {state.step}/{state.max_steps} epoch {epoch} loss {mean_loss:.6f} "
+                f"lr {lr:.3g} data wait {100 * window.data_wait / elapsed:.0f}%")
+    window.reset()
+
+
+def train_step(state: TrainState, batch: Mapping[str, torch.Tensor], epoch: int) -> bool:
+    """One batch (forward, backward, optimiser under gradient accumulation); after each optimiser step the log
+    line, checkpoint and evaluation that are due. Returns True when the run has reached its last step."""
+    args, accelerator, model = state.args, state.accelerator, state.model
+    with accelerator.accumulate(model):
+        outputs = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
+                        labels=batch["labels"], target_weight=batch["target_weight"])
+        loss = outputs.loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+    state.window.loss += loss.detach().float()
+    state.window.batches += 1
+    state.window.samples += batch["pixel_values"].shape[0]
+    if not accelerator.sync_gradients:
+        return False
+    state.scheduler.step()
+    state.progress.step += 1
+    step = state.step
+    if step % args.logging_steps == 0 or step == state.max_steps or step == 1:
+        _log_progress(state, epoch)
+    if state.checkpoint_every and step % state.checkpoint_every == 0:
+        path = save_checkpoint(accelerator, str(state.output_dir), step, args.checkpoints_total_limit)
+        logger.info(f"checkpoint {path}")
+    maybe_evaluate(state)
+    return step >= state.max_steps
+
+
+def train_epoch(state: TrainState, epoch: int) -> None:
+    """The batches of one epoch (after a resume, those not trained yet), then the epoch's checkpoint / evaluation."""
+    args, accelerator = state.args, state.accelerator
+    state.train_loader.set_epoch(epoch)
+    loader = state.train_loader
+    if state.skip_batches:
+        loader = accelerator.skip_first_batches(loader, state.skip_batches)
+    state.skip_batches = 0
+    wait_start = time.perf_counter()
+    for batch in _batches(loader, accelerator.device):
+        state.window.data_wait += time.perf_counter() - wait_start
+        if train_step(state, batch, epoch):
             break
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
-        skip_batches = 0
         wait_start = time.perf_counter()
-        for batch in _batches(loader, accelerator.device):
-            window_data += time.perf_counter() - wait_start
-            with accelerator.accumulate(model):
-                outputs = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
-                                labels=batch["labels"], target_weight=batch["target_weight"])
-                loss = outputs.loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach().float()
-            window_count += 1
-            samples_in_window += batch["pixel_values"].shape[0]
-            if accelerator.sync_gradients:
-                scheduler.step()
-                global_step += 1
-                progress.step = global_step
-                if global_step % args.logging_steps == 0 or global_step == max_steps or global_step == 1:
-                    elapsed = time.perf_counter() - window_start
-                    mean_loss = accelerator.reduce(window_loss / max(window_count, 1), "mean")
-                    log_line({"step": global_step, "epoch": epoch, "loss": float(mean_loss), "lr": scheduler.get_last_lr()[-1],
-                              "samples_per_second": samples_in_window * accelerator.num_processes / max(elapsed, 1e-9),
-                              "data_wait_share": window_data / max(elapsed, 1e-9)})
-                    logger.info(f"step {global_step}/{max_steps} epoch {epoch} loss {float(mean_loss):.6f} "
-                                f"lr {scheduler.get_last_lr()[-1]:.3g} data wait {100 * window_data / max(elapsed, 1e-9):.0f}%")
-                    window_loss, window_count, window_data, samples_in_window = torch.zeros_like(window_loss), 0, 0.0, 0
-                    window_start = time.perf_counter()
-                if checkpoint_every and global_step % checkpoint_every == 0:
-                    path = save_checkpoint(accelerator, str(output_dir), global_step, args.checkpoints_total_limit)
-                    logger.info(f"checkpoint {path}")
-                if args.eval_steps and global_step % args.eval_steps == 0:
-                    run_eval()
-                if global_step >= max_steps:
-                    done = True
-                    break
-            wait_start = time.perf_counter()
-        if args.checkpointing_steps == "epoch":
-            path = save_checkpoint(accelerator, str(output_dir), global_step, args.checkpoints_total_limit)
-            logger.info(f"checkpoint {path}")
-        if not args.eval_steps and (epoch + 1) % 10 == 0 and global_step != last_eval_step:
-            run_eval()
+    if args.checkpointing_steps == "epoch":
+        path = save_checkpoint(accelerator, str(state.output_dir), state.step, args.checkpoints_total_limit)
+        logger.info(f"checkpoint {path}")
+    maybe_evaluate(state, epoch_end=epoch)
 
-    if eval_sets and last_eval_step != global_step:
-        run_eval()
-    save_final_or_best(output_dir, last_eval)
+
+def maybe_evaluate(state: TrainState, epoch_end: int | None = None) -> None:
+    """Evaluate when due: every --eval_steps optimiser steps, else at the end of every 10th epoch."""
+    args = state.args
+    if epoch_end is None:
+        due = bool(args.eval_steps) and state.step % args.eval_steps == 0
+    else:
+        due = not args.eval_steps and (epoch_end + 1) % 10 == 0 and state.step != state.last_eval_step
+    if due:
+        evaluate_now(state)
+
+
+def evaluate_now(state: TrainState) -> None:
+    """Evaluate (global RNG untouched), log the metrics, and save ``best/`` when the summary metric improves."""
+    if not state.eval_sets:
+        return
+    with _rng_guard(state.accelerator.device):
+        state.last_eval = evaluate(state.model, state.eval_sets, state.accelerator, state.args.eval_flip_test)
+    state.last_eval_step = step = state.step
+    name, value = summary_metric(state.last_eval)
+    record = {"step": step, "eval_metric": name, "eval_value": value}
+    for set_name, values in state.last_eval.items():
+        record.update({f"eval/{set_name}/{k}": v for k, v in values.items()})
+    log_line(state, record)
+    logger.info(f"step {step}: evaluation {json.dumps(_json_safe(state.last_eval))}")
+    progress = state.progress
+    if progress.best_metric is None or value > progress.best_metric:
+        progress.best_metric, progress.best_step, progress.best_metrics = value, step, state.last_eval
+        save(state, state.output_dir / "best", state.last_eval, best=True)
+
+
+def save(state: TrainState, folder: Path, metrics: Mapping[str, Any], best: bool = False) -> None:
+    """The model folder (weights, processor, card) into ``folder``; the final one also gets a dense
+    ``per_dataset/<name>`` export of each head of a multi-dataset model. Collective: every process calls it."""
+    args, accelerator, specs = state.args, state.accelerator, state.specs
+    state_dict = accelerator.get_state_dict(state.model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(state.model)
+        with torch.device("meta"):  # no weight init: it would draw from the global RNG and change the run
+            export = ViTPoseForPoseEstimation(unwrapped.config)
+        export.load_state_dict({k: v.detach().cpu().clone() for k, v in state_dict.items()}, assign=True)
+        export.eval()
+        step = state.step
+        name = args.hub_model_id or state.output_dir.name
+        base_model = args.model_name_or_path or args.init_from
+        dataset_ids = {s.layout["name"]: s.name for s in specs}
+        notes = [f"Best validation checkpoint (step {step})." if best else f"Final weights after {step} steps."]
+        card_metrics = None
+        if metrics:
+            card_metrics = {head: metrics.get(_set_name(specs, head), {}) for head in export.config.dataset_names}
+        save_model_folder(export, str(folder), model_name=name, metrics=card_metrics, dataset_ids=dataset_ids,
+                          base_model=base_model, training=state.hyper, notes=notes)
+        if not best and len(export.heads) > 1:
+            for head in export.config.dataset_names:
+                single = export.single_dataset(head)
+                m = metrics.get(_set_name(specs, head)) if metrics else None
+                save_model_folder(single, str(folder / "per_dataset" / head), model_name=f"{name}-{head}",
+                                  metrics={head: m} if m else None, dataset_ids=dataset_ids, base_model=base_model,
+                                  training=state.hyper,
+                                  notes=[f"Single-dataset export of the `{head}` head (expert merged into the FFN)."])
+        logger.info(f"Saved {'best ' if best else ''}model to {folder}")
+    accelerator.wait_for_everyone()
+
+
+def finish(state: TrainState) -> int:
+    """Last evaluation (unless this step was just evaluated), the final model folder, ``all_results.json``, the
+    optional push; ends the trackers. Returns 0."""
+    args, accelerator, output_dir = state.args, state.accelerator, state.output_dir
+    if state.eval_sets and state.last_eval_step != state.step:
+        evaluate_now(state)
+    save(state, output_dir, state.last_eval)
     if accelerator.is_main_process:
         results = {
-            "step": global_step,
-            "eval": last_eval,
-            "best_step": progress.best_step,
-            "best_eval": progress.best_metrics,
-            "skipped_annotations": skipped,
+            "step": state.step,
+            "eval": state.last_eval,
+            "best_step": state.progress.best_step,
+            "best_eval": state.progress.best_metrics,
+            "skipped_annotations": state.skipped,
         }
         with open(output_dir / "all_results.json", "w", encoding="utf-8") as f:
             json.dump(_json_safe(results), f, indent=2)
-        for name, counts in skipped.items():
+        for name, counts in state.skipped.items():
             if counts:
                 logger.warning(f"{name}: skipped bad annotations: {format_counts(counts)}")
     if args.push_to_hub and accelerator.is_main_process:
@@ -1164,6 +1093,18 @@ def run(args: argparse.Namespace) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; returns 0. Raises ValueError for bad options or data."""
+    state = setup(args)
+    resume(state)
+    state.model.train()
+    for epoch in range(state.start_epoch, state.num_epochs):
+        if state.step >= state.max_steps:
+            break
+        train_epoch(state, epoch)
+    return finish(state)
 
 
 def _set_name(specs: Sequence[DataSpec], layout_name: str) -> str:
