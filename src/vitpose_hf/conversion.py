@@ -14,14 +14,16 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .configuration_vitpose_hf import HEADS_BY_WIDTH, ViTPoseConfig, _SIZES
 from .keypoint_metadata import VITPOSE_PLUS_DATASETS
-from .modeling_vitpose_hf import ViTPoseForPoseEstimation, resample_position_table
+
+if TYPE_CHECKING:  # annotations only: the model module imports this one
+    from .modeling_vitpose_hf import ViTPoseForPoseEstimation
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,19 @@ HEAD_LAYOUTS: dict[tuple[int, ...], list[str]] = {
     (17, 14, 16, 17, 17, 133): list(VITPOSE_PLUS_DATASETS),  # ViTPose++
 }
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# position embeddings
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resample_position_table(table: torch.Tensor, trained: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize (align_corners=False, computed in fp32) of a `(1, h*w, C)` table from `trained` to `grid`."""
+    C = table.shape[-1]
+    image = table.reshape(1, trained[0], trained[1], C).permute(0, 3, 1, 2)
+    image = F.interpolate(image.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(table.dtype)
+    return image.flatten(2).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -576,7 +591,7 @@ def adapt_model(source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_e
     config_dict.update(datasets=list(layouts), num_experts=experts, part_features=p)
     config = ViTPoseConfig(**config_dict)
     config._attn_implementation = cfg._attn_implementation
-    model = ViTPoseForPoseEstimation(config)
+    model = type(source)(config)
     src = source.state_dict()
     dst = model.state_dict()
     old_names = cfg.dataset_names

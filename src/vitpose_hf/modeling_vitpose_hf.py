@@ -33,6 +33,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_vitpose_hf import ViTPoseConfig
+from .conversion import resample_position_table
 
 DatasetIndex = int | str | Sequence[int | str] | np.ndarray | torch.Tensor
 
@@ -555,13 +556,6 @@ class ViTPoseModel(ViTPosePreTrainedModel):
             last_hidden_state=x, feature_maps=feature_maps, hidden_states=hidden_states, attentions=attentions
         )
 
-
-def resample_position_table(table: torch.Tensor, trained: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize (align_corners=False, computed in fp32) of a `(1, h*w, C)` table from `trained` to `grid`."""
-    C = table.shape[-1]
-    image = table.reshape(1, trained[0], trained[1], C).permute(0, 3, 1, 2)
-    image = F.interpolate(image.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(table.dtype)
-    return image.flatten(2).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
