@@ -196,11 +196,57 @@ def test_architecture_is_read_from_tensor_shapes(name, width, depth, heads, expe
     assert config.dataset_names == preset.dataset_names
 
 
-def test_preset_overrides_inference(tmp_path):
-    sd = official_state_dict()
-    torch.save(sd, tmp_path / "x.pth")
-    model = convert_official(tmp_path / "x.pth", num_attention_heads=8)
-    assert model.config.num_attention_heads == 8
+# official ViTPose-S (configs/body/.../coco/ViTPose_small_coco_256x192.py since 2023-01): embed_dim, depth, heads,
+# drop path; the classic decoder
+VITPOSE_S = {
+    "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12, "drop_path_rate": 0.1, "decoder": "classic",
+}
+
+
+@pytest.fixture(scope="module")
+def small_vitpose_s(tmp_path_factory):
+    """A ViTPose-S-shaped official .pth kept small: width 384, depth 12, but a 96-wide MLP and a 4x3 token grid
+    (neither is part of a preset), so a 64x48 input runs through it quickly."""
+    sd = official_state_dict(hidden=384, depth=12, patch=16, grid=(4, 3))
+    g = torch.Generator().manual_seed(1)
+    for i in range(12):
+        p = f"backbone.blocks.{i}.mlp."
+        sd[p + "fc1.weight"] = torch.randn(96, 384, generator=g) * 0.1
+        sd[p + "fc1.bias"] = torch.randn(96, generator=g) * 0.05
+        sd[p + "fc2.weight"] = torch.randn(384, 96, generator=g) * 0.1
+    path = tmp_path_factory.mktemp("small_s") / "vitpose_s.pth"
+    torch.save({"state_dict": sd}, path)
+    return path, sd
+
+
+def heatmaps_in_float64(model: ViTPoseForPoseEstimation, sd: dict, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours and the official forward in float64: in float32 the rounding through 12 blocks of width 384 exceeds 1e-4."""
+    sd64 = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    with torch.no_grad():
+        return model.double()(X.double()).heatmaps, official_forward(sd64, X.double(), num_heads=num_heads)
+
+
+def test_preset_overrides_inference(small_vitpose_s):
+    path, sd = small_vitpose_s
+    # a preset that fits: its architecture is the one built, and the weights run as the official forward
+    model = convert_official(path, preset="vitpose-s")
+    for field, value in VITPOSE_S.items():
+        assert getattr(model.config, field) == value, field
+    torch.testing.assert_close(*heatmaps_in_float64(model, sd, num_heads=12), atol=1e-9, rtol=1e-9)
+    # the preset wins over what the tensors say: a simple-decoder or ViTPose++ preset on these classic dense
+    # weights builds that architecture, which then refuses the tensors that do not fit it (nothing is ignored)
+    with pytest.raises((ValueError, RuntimeError), match=r"heads\.0\.final_layer\.weight"):
+        convert_official(path, preset="vitpose-s-simple")
+    with pytest.raises((ValueError, RuntimeError), match=r"backbone\.blocks\.0\.mlp\.fc2\.weight"):
+        convert_official(path, preset="vitpose-plus-s")
+    with pytest.raises(ValueError, match="unknown preset"):
+        convert_official(path, preset="vitpose-xl")
+    # explicit arguments win over the preset: 6 heads of 64 give other attention than 12 of 32
+    six = convert_official(path, preset="vitpose-s", num_attention_heads=6)
+    assert six.config.num_attention_heads == 6 and six.config.hidden_size == 384
+    got, expected = heatmaps_in_float64(six, sd, num_heads=6)
+    torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-9)
+    assert not torch.allclose(got, heatmaps_in_float64(model, sd, num_heads=12)[1], atol=1e-3)
 
 
 def test_vitpose_hf_convert_command(tmp_path, capsys):
@@ -224,3 +270,60 @@ def test_convert_detects_a_transformers_folder(tmp_path):
         torch.testing.assert_close(
             ours(X, expert_index=2).heatmaps, reference(X, dataset_index=torch.full((3,), 2)).heatmaps, atol=1e-5, rtol=0
         )
+
+
+def test_convert_command_preset_flag(small_vitpose_s, tmp_path, capsys):
+    import json
+
+    from vitpose_hf.cli import main
+
+    path, sd = small_vitpose_s
+    assert main(["convert", str(path), str(tmp_path / "s"), "--preset", "vitpose-s"]) == 0
+    assert "width 384, depth 12" in capsys.readouterr().out
+    written = json.loads((tmp_path / "s" / "config.json").read_text())
+    for field, value in VITPOSE_S.items():
+        assert written[field] == value, field
+    model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "s").eval()
+    torch.testing.assert_close(*heatmaps_in_float64(model, sd, num_heads=12), atol=1e-9, rtol=1e-9)
+    # the flag reaches the conversion: a preset that contradicts the tensors stops it, and writes nothing
+    with pytest.raises((ValueError, RuntimeError), match=r"heads\.0\.final_layer\.weight"):
+        main(["convert", str(path), str(tmp_path / "simple"), "--preset", "vitpose-s-simple"])
+    assert not (tmp_path / "simple").exists()
+    # --num-attention-heads beats --preset
+    argv = ["convert", str(path), str(tmp_path / "six"), "--preset", "vitpose-s", "--num-attention-heads", "6"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "six" / "config.json").read_text())["num_attention_heads"] == 6
+
+
+def test_strict_false_only_warns_naming_the_keys(tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
+                           patch_size=8)
+    saved = ViTPoseForPoseEstimation(config)
+    with torch.no_grad():
+        saved.backbone.last_norm.weight.normal_()
+    saved.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["backbone.last_norm.bias"]
+    weights["heads.0.spare.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"backbone\.last_norm\.bias") as info:
+        ViTPoseForPoseEstimation.from_pretrained(tmp_path)
+    assert "heads.0.spare.weight" in str(info.value)
+    # transformers reports loading problems on its own logger, which does not propagate to the root logger
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            model = ViTPoseForPoseEstimation.from_pretrained(tmp_path, strict=False)
+    finally:
+        library_logger.removeHandler(caplog.handler)
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "backbone.last_norm.bias" in warned and "heads.0.spare.weight" in warned
+    # the weights that are there are loaded; the missing one is freshly initialised
+    torch.testing.assert_close(model.backbone.last_norm.weight, saved.backbone.last_norm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.heads[0].final_layer.weight, saved.heads[0].final_layer.weight, rtol=0, atol=0)
+    assert model.backbone.last_norm.bias.shape == (32,) and torch.isfinite(model.backbone.last_norm.bias).all()

@@ -235,14 +235,29 @@ def test_wrong_pixel_shape_is_rejected():
 
 # ---- resolution ----------------------------------------------------------------------------------------------------
 
-def test_other_resolution_needs_interpolation_on_request():
+@pytest.mark.parametrize("size", [(96, 72), (88, 40)], ids=["up-12x9", "mixed-11x5"])
+def test_other_resolution_needs_interpolation_on_request(size):
+    import cv2  # a test dependency; only this test needs it here
     model = ViTPoseForPoseEstimation(tiny_config()).eval()
-    big = torch.randn(2, 3, 96, 72)
+    with torch.no_grad():
+        model.backbone.pos_embed.normal_(generator=torch.Generator().manual_seed(3))  # slot 0 non-zero too
+    big = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(4))
+    # with the official padding 2 the token grid is floor((side + 4 - 8) / 8) + 1 per side
+    grid = tuple((side + 4 - 8) // 8 + 1 for side in size)
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
         model(big)
     with torch.no_grad():
-        out = model(big, interpolate_pos_encoding=True)
-        assert out.heatmaps.shape == (2, 17, 48, 36)
+        out = model(big, interpolate_pos_encoding=True, output_hidden_states=True)
+        assert out.heatmaps.shape == (2, 17, 4 * grid[0], 4 * grid[1])
+        tokens, token_grid = model.backbone.patch_embed(big)
+        assert tuple(token_grid) == grid
+        position = (out.hidden_states[0] - tokens)[0].numpy()  # what was added to each token
+        # reference: OpenCV's INTER_CUBIC on float32, like torch's bicubic (a = -0.75, half-pixel centres,
+        # clamped borders), per channel of the 8x6 table; the extra slot 0 is added to every token (official quirk)
+        table = model.backbone.pos_embed[0, 1:].reshape(8, 6, -1).numpy()
+        expected = cv2.resize(table, (grid[1], grid[0]), interpolation=cv2.INTER_CUBIC).reshape(grid[0] * grid[1], -1)
+        expected = expected + model.backbone.pos_embed[0, 0].numpy()
+        torch.testing.assert_close(torch.from_numpy(position), torch.from_numpy(expected), atol=1e-5, rtol=1e-5)
         model.config.interpolate_pos_encoding = True
         torch.testing.assert_close(model(big).heatmaps, out.heatmaps)
         # at the trained size interpolation is a no-op

@@ -23,8 +23,7 @@ COCO_SKELETON = get_dataset_info("coco")["skeleton"]
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli_pose")
     tiny_pose_model().save_pretrained(path)
-    # bounded decoding on a random model's flat heatmaps (see test_pipeline.pose_dir)
-    ViTPoseImageProcessor(size={"height": 64, "width": 48}, decoder="msra").save_pretrained(path)
+    ViTPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(path)  # the default UDP + DARK
     return str(path)
 
 
