@@ -25,7 +25,8 @@ import torch
 
 from vitpose_hf import train as train_module
 from vitpose_hf.augment import AugmentConfig, InstanceTable, TopDownDataset, TopDownSource, TopDownTransform
-from vitpose_hf.hub_dataset import explode_instances, synthetic_keypoint_dataset, write_layout
+from vitpose_hf.hub_dataset import explode_instances, write_layout
+from vitpose_hf.testing import synthetic_keypoint_dataset
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
 

@@ -665,6 +665,34 @@ def test_eval_cli_end_to_end_with_detections(shared_data, tiny_model_dir, tmp_pa
     assert "AP50" in printed and str(out) in printed
 
 
+def test_eval_annotations_apply_exif_orientation(shared_data, tiny_model_dir, tmp_path):
+    """Bug 6: `eval --annotations` read the stored pixels of an image saved on its side with an EXIF orientation
+    tag, while training, the pipeline and `eval --hub-dataset` show it upright. Both files must score the same."""
+    import PIL.Image
+
+    from vitpose_hf.cli import main
+
+    gt = load(shared_data, "mmpose/coco/test_coco.json")
+    image = next(img for img in gt["images"] if img["file_name"] == "000000000785.jpg")
+    with PIL.Image.open(shared_data / "mmpose/coco" / image["file_name"]) as photo:
+        upright = np.asarray(photo.convert("RGB"))
+    assert (image["height"], image["width"]) == upright.shape[:2]
+    PIL.Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the pixels are stored turned anticlockwise
+    PIL.Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / "rotated.png", exif=exif)
+    results = {}
+    for name in ("upright", "rotated"):
+        annotations = {**gt, "images": [{**image, "file_name": f"{name}.png"}],
+                       "annotations": [a for a in gt["annotations"] if a["image_id"] == image["id"]]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(annotations))
+        out = tmp_path / f"{name}_results.json"
+        assert main(["eval", str(tiny_model_dir), "--annotations", str(tmp_path / f"{name}.json"), "--device", "cpu",
+                     "--output", str(out), "--no-progress"]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["upright"] and results["rotated"] == results["upright"]
+
+
 def _hub_dataset_from_coco(shared_data, folder):
     import datasets
 

@@ -8,19 +8,19 @@ import math
 
 import datasets
 import numpy as np
+import pytest
 import torch
 
 from vitpose_hf import hub_dataset
 from vitpose_hf.augment import AugmentConfig, StreamSource, StreamingTopDownDataset, TopDownCollator, TopDownTransform
 from vitpose_hf.hub_dataset import (
-    SYNTHETIC_FIGURE_LAYOUT,
     coco_to_dataset,
     explode_instances,
     infer_layout,
     keypoint_features,
     load_image_split,
-    synthetic_keypoint_dataset,
 )
+from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, figure_template, synthetic_keypoint_dataset
 
 
 def _json(path):
@@ -188,7 +188,7 @@ def test_synthetic_figures_are_drawn_where_the_keypoints_are():
             colours = {tuple(pixels[int(round(py)), int(round(px))]) for px, py, _ in kps}
             assert len(colours) >= 3
     # left/right pairs are mirrored: the "left" point lies on the image's right of its partner in the template
-    template = hub_dataset.figure_template(info)
+    template = figure_template(info)
     for a, b in info["flip_pairs"]:
         assert template[a, 0] == -template[b, 0] > 0
 
@@ -208,3 +208,29 @@ def test_streaming_reads_instances_in_worker_processes(tmp_path):
             break
     assert batches[0]["pixel_values"].shape == (5, 3, 64, 48) and batches[0]["labels"].shape == (5, 9, 32, 24)
     assert all(torch.isfinite(b["pixel_values"]).all() for b in batches)
+
+
+def test_half_body_on_coincident_keypoints_keeps_the_full_box():
+    """Bug 8: when the half-body joints all sit on one point they have no extent; the sample must not fail (it was
+    NaN crop points and a ValueError from `encode`). The region falls back to the whole box."""
+    config = AugmentConfig(half_body_prob=1.0, center_jitter_prob=0.0, flip_prob=0.0, scale_factor=0.0,
+                           rotation_prob=0.0)
+    transform = TopDownTransform("coco", (64, 48), (16, 12), config)
+    image = np.random.default_rng(0).integers(0, 255, (120, 100, 3), dtype=np.uint8)
+    box = [30.0, 30.0, 40.0, 60.0]  # xywh
+    coincident = np.zeros((17, 3))
+    coincident[:, :2], coincident[:, 2] = (50.0, 60.0), 2
+    # official _xywh2cs: centre of the box, grown to the 48 / 64 aspect (w 40 -> 45), x 1.25 / 200
+    center, scale = [50.0, 60.0], [45 * 1.25 / 200, 60 * 1.25 / 200]
+    for seed in range(20):
+        sample = transform(image, box, coincident, np.random.default_rng(seed))
+        assert all(bool(torch.isfinite(value).all()) for value in sample.values() if value.is_floating_point())
+        np.testing.assert_allclose(sample["center"].numpy(), center, rtol=1e-6)
+        np.testing.assert_allclose(sample["scale"].numpy(), scale, rtol=1e-6)
+        assert sample["target_weight"].tolist() == [1.0] * 17
+    # joints with an extent still get the half-body region: 1.5 x the aspect-fixed extent of the chosen part
+    spread = coincident.copy()
+    spread[:, 0] += np.arange(17) * 2.0
+    sample = transform(image, box, spread, np.random.default_rng(0))
+    chosen = sample["scale"].numpy() * 200 / 1.5
+    assert chosen[0] / chosen[1] == pytest.approx(48 / 64) and chosen[0] < 45

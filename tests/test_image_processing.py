@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
 
+from vitpose_hf.boxes import xywh_to_xyxy
 from vitpose_hf.codecs import MSRAHeatmap, UDPHeatmap, flip_back
-from vitpose_hf.geometry import apply_affine, box_to_center_scale, crop_to_image, inverse_warp_matrix, xywh_to_xyxy
+from vitpose_hf.geometry import apply_affine, box_to_center_scale, crop_to_image, inverse_warp_matrix
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -528,7 +529,8 @@ def test_save_and_load(tmp_path, monkeypatch):
     assert config["auto_map"] == {"AutoImageProcessor": "image_processing_vitpose_hf.ViTPoseImageProcessor"}
     assert config["size"] == {"height": 256, "width": 192} and config["padding_factor"] == 1.25
     assert config["use_udp"] is False and config["dataset"] == ["coco", "aic"] and config["blur_kernel_size"] == 5
-    for name in ("image_processing_vitpose_hf.py", "codecs.py", "geometry.py", "keypoint_metadata.py"):
+    kernel = ("image_processing_vitpose_hf.py", "codecs.py", "geometry.py", "keypoint_metadata.py", "images.py", "boxes.py")
+    for name in kernel:  # the processor's relative imports, copied beside it for trust_remote_code
         assert (tmp_path / name).is_file(), name
     again = ViTPoseImageProcessor.from_pretrained(tmp_path)
     assert again.to_dict() == processor.to_dict()

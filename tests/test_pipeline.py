@@ -17,11 +17,11 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorP
 from helpers import tiny_config, tiny_plus_config
 from vitpose_hf import ViTPoseForPoseEstimation
 from vitpose_hf.detection import ObjectDetector
+from vitpose_hf.hub import HubUnreachableError
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.pipeline import (
     DEFAULT_MODEL,
     TASK,
-    HubUnreachableError,
     PoseEstimationPipeline,
     pipeline,
     register_pipeline,
@@ -618,6 +618,40 @@ def test_hub_unreachable_error_says_how_to_pass_a_local_checkpoint(monkeypatch):
     message = str(info.value)
     assert "cannot be reached" in message and "--model /path/to/checkpoint" in message
     assert "vitpose-hf-tests/not-a-cached-model" in message
+
+
+def test_hub_load_turns_huggingface_hub_connection_errors_into_the_clear_error(monkeypatch):
+    """A download that fails for lack of connection (huggingface_hub's LocalEntryNotFoundError, as transformers
+    re-raises it) gives HubUnreachableError; other load errors (a missing repo, a bad file) pass through unchanged."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from vitpose_hf import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    real_reachable = hub.hub_reachable
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)  # the probe answers; the download fails
+    calls = []
+
+    def no_connection(name, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        try:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        except LocalEntryNotFoundError as exc:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from exc
+
+    with pytest.raises(HubUnreachableError, match="--detector /path/to/checkpoint") as info:
+        hub.hub_load(no_connection, "org/not-cached", "detector", "--detector")
+    assert isinstance(info.value.__cause__, OSError) and calls == [True, False]  # the cache first, then the Hub
+
+    def missing_repo(name, **kwargs):
+        raise OSError(f"{name} is not a local folder and is not a valid model identifier")
+
+    with pytest.raises(OSError, match="not a valid model identifier") as info:
+        hub.hub_load(missing_repo, "org/no-such-repo")
+    assert not isinstance(info.value, HubUnreachableError)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # set after import: huggingface_hub read its flags already
+    assert hub.offline_mode() and real_reachable() is False  # no request is made in offline mode
 
 
 # ----------------------------------------------------------------------------------------------------------------

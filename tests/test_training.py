@@ -29,7 +29,8 @@ from vitpose_hf import train as train_module
 from vitpose_hf.augment import AugmentConfig, MixedDatasetSampler, TopDownCollator, TopDownDataset, TopDownSource, TopDownTransform, InstanceTable
 from vitpose_hf.conversion import adapt_model, convert_vit_state_dict, load_vit_backbone
 from vitpose_hf.geometry import warp_matrix
-from vitpose_hf.hub_dataset import SYNTHETIC_FIGURE_LAYOUT, explode_instances, synthetic_keypoint_dataset, write_layout
+from vitpose_hf.hub_dataset import explode_instances, write_layout
+from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, synthetic_keypoint_dataset
 from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
 
 REPO = Path(__file__).resolve().parents[1]

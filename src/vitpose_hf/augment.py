@@ -8,7 +8,8 @@ Per sample (`TopDownTransform`, order as the official ``train_pipeline``):
    the layout's flip pairs);
 3. half body with probability 0.3 when more than 8 keypoints are labelled: the upper-body keypoints (if a standard
    normal draw is < 0.5 and more than 2 of them are labelled) else the lower-body ones (if more than 2) else the
-   upper ones; centre = their mean, box = their extent, region 1.5 x the aspect-fixed box instead of 1.25 x;
+   upper ones; centre = their mean, box = their extent, region 1.5 x the aspect-fixed box instead of 1.25 x
+   (the full box is kept when the chosen keypoints all coincide: they have no extent to crop);
 4. scale ``s *= clip(N(0, 1) * 0.5 + 1, 0.5, 1.5)``; rotation ``clip(N(0, 1) * 40, -80, 80)`` degrees with
    probability 0.6, else 0;
 5. the affine crop, by `ViTPoseImageProcessor.preprocess` (the shared warp: UDP for UDP layouts such as COCO and
@@ -35,18 +36,18 @@ from .codecs import MSRAHeatmap, UDPHeatmap
 from .geometry import BOX_PADDING
 from .hub_dataset import check_instance, format_counts
 from .image_processing_vitpose_hf import ViTPoseImageProcessor
+from .images import to_rgb_array
 from .keypoint_metadata import flip_indices, get_dataset_info
 
 __all__ = [
     "AugmentConfig",
-    "TopDownTransform",
     "InstanceTable",
-    "TopDownSource",
-    "TopDownDataset",
     "MixedDatasetSampler",
     "StreamingTopDownDataset",
     "TopDownCollator",
-    "to_rgb_array",
+    "TopDownDataset",
+    "TopDownSource",
+    "TopDownTransform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,18 +71,6 @@ class AugmentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def to_rgb_array(image: Any) -> np.ndarray:
-    """A PIL image or array -> ``(H, W, 3)`` uint8 RGB."""
-    if hasattr(image, "convert"):
-        image = image.convert("RGB") if image.mode != "RGB" else image
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"an image must be (H, W, 3), got shape {array.shape}")
-    return array[:, :, :3]
 
 
 class TopDownTransform:
@@ -142,9 +131,11 @@ class TopDownTransform:
         if len(chosen) < 2:
             return None
         points = keypoints[chosen, :2]
-        center = points.mean(axis=0)
         size = points.max(axis=0) - points.min(axis=0)
-        return center, size
+        if not (size > 0).any():
+            # Coincident joints: the official code goes on with a zero scale (a singular warp); keep the full box.
+            return None
+        return points.mean(axis=0), size
 
     def _draw(
         self, image: np.ndarray, box: np.ndarray, keypoints: np.ndarray, rng: np.random.Generator
@@ -191,7 +182,7 @@ class TopDownTransform:
         """One training (or evaluation) sample.
 
         Args:
-            image: PIL image or ``(H, W, 3)`` uint8 array.
+            image: any image of :mod:`.images` (PIL in any mode, array, tensor, path).
             box: ``(4,)`` xywh box in image pixels (already clipped to the image).
             keypoints: ``(K, 3)`` ``[x, y, v]`` in image pixels.
             rng: the sample's generator; None (or no augmentation) for a plain crop.
@@ -246,7 +237,7 @@ class InstanceTable:
     keypoints: np.ndarray  # (N, K, 3)
 
     @classmethod
-    def from_dataset(cls, instances: Any, num_keypoints: int) -> "InstanceTable":
+    def from_dataset(cls, instances: Any, num_keypoints: int) -> InstanceTable:
         """From the instance rows of `hub_dataset.explode_instances`."""
         n = instances.num_rows
         if n == 0:

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 
-__all__ = ["Detections", "ObjectDetector", "load_detector", "to_pil_rgb", "image_size"]
+from .boxes import detector_box
+from .hub import hub_load
+from .images import to_pil
+
+__all__ = ["Detections", "ObjectDetector", "load_detector"]
 
 DEFAULT_DETECTOR_THRESHOLD = 0.5
 _OWN_LABELS: Any = object()  # "use the detector's own labels"
@@ -40,76 +43,6 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def image_size(image: Any) -> tuple[int, int]:
-    """``(height, width)`` of a PIL image, an ``(H, W[, C])`` numpy array or a ``(C, H, W)`` / ``(H, W)`` tensor."""
-    if isinstance(image, PIL.Image.Image):
-        return image.height, image.width
-    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
-        return int(image.shape[0]), int(image.shape[1])
-    if isinstance(image, torch.Tensor) and image.ndim in (2, 3):
-        return int(image.shape[-2]), int(image.shape[-1])
-    shape = tuple(getattr(image, "shape", ()))
-    raise TypeError(
-        f"one image is a PIL image, an (H, W[, C]) numpy array or a (C, H, W) tensor, got {type(image).__name__}"
-        + (f" of shape {shape}" if shape else "")
-    )
-
-
-def to_pil_rgb(image: Any) -> PIL.Image.Image:
-    """An 8-bit RGB PIL image from PIL (any mode), numpy ``(H, W[, C])`` or torch ``(C, H, W)`` / ``(H, W)``.
-
-    Arrays follow the image processor's rule: uint8 as is, uint16 scaled by 255 / 65535, floats on the 0..255
-    scale, 1 channel = grey, 4 channels = RGBA (alpha dropped).
-    """
-    if isinstance(image, PIL.Image.Image):
-        if image.mode == "RGB":
-            return image
-        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-            array = np.asarray(image).astype(np.float32)
-            if image.mode != "F":
-                array = array * (255.0 / 65535.0)
-            return to_pil_rgb(array)
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.ndim == 3:
-            tensor = tensor.permute(1, 2, 0)
-        if tensor.dtype == torch.bfloat16 or tensor.dtype == torch.float16:
-            tensor = tensor.float()
-        image = tensor.numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"unsupported image type {type(image).__name__}; pass a PIL image, a numpy array or a torch tensor")
-    array = image
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"an image array is (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}")
-    if array.dtype == np.uint16:
-        array = array.astype(np.float32) * (255.0 / 65535.0)
-    elif array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8)
-    channels = array.shape[-1]
-    if channels in (1, 2):
-        array = np.repeat(array[:, :, :1], 3, axis=2)
-    elif channels == 4:
-        array = array[:, :, :3]
-    return PIL.Image.fromarray(np.ascontiguousarray(array), "RGB")
-
-
-def _box_from_any(box: Any, where: str) -> list[float]:
-    if isinstance(box, dict):
-        try:
-            return [float(box[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
-        except KeyError:
-            raise ValueError(f"{where}: a box dict needs xmin, ymin, xmax, ymax, got keys {sorted(box)}") from None
-    values = np.asarray(box, dtype=np.float64).reshape(-1)
-    if values.size != 4:
-        raise ValueError(f"{where}: a detector box is [x1, y1, x2, y2], got {box!r}")
-    return values.tolist()
 
 
 class ObjectDetector:
@@ -149,8 +82,6 @@ class ObjectDetector:
         self.name = None
         if isinstance(model, (str, os.PathLike)):
             from transformers import AutoImageProcessor, AutoModelForObjectDetection
-
-            from .pipeline import hub_load  # cache first, then the Hub, with a clear error when offline
 
             self.name = os.fspath(model)
             self.model = hub_load(
@@ -202,7 +133,7 @@ class ObjectDetector:
                 f"{shown[:20]}{' ...' if len(shown) > 20 else ''}. Pass labels=[...] with names it knows"
             )
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ObjectDetector":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ObjectDetector:
         if self.model is not None:
             self.model.to(device=device, dtype=dtype)
         return self
@@ -251,7 +182,7 @@ class ObjectDetector:
             for j, item in enumerate(items):
                 if not isinstance(item, dict) or "box" not in item:
                     raise ValueError(f"detection {j} of image {i} must be a dict with 'box', 'score', 'label', got {item!r}")
-                boxes.append(_box_from_any(item["box"], f"detection {j} of image {i}"))
+                boxes.append(detector_box(item["box"], f"detection {j} of image {i}"))
                 scores.append(float(item.get("score", 1.0)))
                 names.append(str(item.get("label", "")))
             out.append(Detections(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64), names))
@@ -259,7 +190,7 @@ class ObjectDetector:
 
     @torch.no_grad()
     def _run_model(self, images: list[Any], threshold: float) -> list[Detections]:
-        pil = [to_pil_rgb(image) for image in images]
+        pil = [to_pil(image) for image in images]
         inputs = self.image_processor(images=pil, return_tensors="pt")
         parameter = next(self.model.parameters())
         inputs = {

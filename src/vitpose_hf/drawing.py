@@ -6,7 +6,6 @@ a ViTPose++ model's heads are told apart at a glance. Links and keypoints below 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +14,11 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
+from .boxes import convert_boxes, detector_box
+from .images import to_pil
 from .keypoint_metadata import get_dataset_info
 
-__all__ = ["draw", "PALETTES", "keypoint_groups"]
+__all__ = ["PALETTES", "draw", "keypoint_groups"]
 
 RGB = tuple[int, int, int]
 
@@ -63,15 +64,9 @@ def keypoint_groups(info: dict) -> list[str]:
 
 
 def _as_pil(image: Any) -> PIL.Image.Image:
-    if isinstance(image, (str, os.PathLike)):
-        import PIL.ImageOps
-
-        with PIL.Image.open(image) as opened:
-            image = PIL.ImageOps.exif_transpose(opened)
-            image.load()
-    from .detection import to_pil_rgb
-
-    return to_pil_rgb(image).copy()
+    """A new 8-bit RGB image to draw on (paths are read with their EXIF orientation applied)."""
+    pil = to_pil(image)
+    return pil.copy() if pil is image else pil
 
 
 def _person_arrays(person: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,14 +101,11 @@ def _person_box(person: dict, box_format: str | None) -> list[float] | None:
     if isinstance(box, torch.Tensor):
         box = box.detach().float().cpu().tolist()
     if isinstance(box, dict):
-        return [float(box[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        return detector_box(box)
     box = [float(v) for v in box]
     if len(box) != 4 or not all(np.isfinite(box)):
         return None
-    fmt = person.get("box_format", box_format)
-    if fmt == "xyxy":
-        return box
-    return [box[0], box[1], box[0] + box[2], box[1] + box[3]]
+    return convert_boxes(box, person.get("box_format", box_format) or "xywh", "xyxy")
 
 
 def _resolve_info(person: dict, dataset: str | dict | None, num_keypoints: int) -> dict:

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 __all__ = ["add_arguments", "run"]
 
@@ -70,7 +71,7 @@ class _Item:
 
 
 def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
-    from PIL import Image
+    from .images import load_image
 
     path = Path(args.annotations)
     if not path.is_file():
@@ -84,9 +85,8 @@ def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]
         raise ValueError(f"--images folder not found: {str(folder)!r}")
 
     def loader(file_name: str) -> Callable[[], Any]:
-        def load() -> Any:
-            with Image.open(folder / file_name) as im:
-                return im.convert("RGB")
+        def load() -> Any:  # EXIF orientation applied, as the training data and the pipeline
+            return load_image(folder / file_name, f"image {file_name!r}")
         return load
 
     items = [_Item(img["id"], loader(img["file_name"])) for img in gt["images"]]
@@ -143,9 +143,8 @@ def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
           "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "person"}]}
 
     def loader(index: int) -> Callable[[], Any]:
-        def load() -> Any:
-            image = ds[index]["image"]
-            return image.convert("RGB") if hasattr(image, "convert") else image
+        def load() -> Any:  # datasets' Image feature applies the EXIF orientation; the processor makes it RGB
+            return ds[index]["image"]
         return load
 
     items = [_Item(img["id"], loader(n)) for n, img in enumerate(images)]
@@ -155,6 +154,8 @@ def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
 def _gt_boxes(gt: dict[str, Any], items: list[_Item]) -> None:
     """Ground-truth person boxes, selected and clipped to the image as the official top-down datasets do:
     no crowd regions, no instances without labelled keypoints, boxes of positive size only; box score 1."""
+    from .boxes import clip_box_to_image
+
     by_id = {item.image_id: item for item in items}
     sizes = {img["id"]: (img.get("width"), img.get("height")) for img in gt["images"]}
     for ann in gt["annotations"]:
@@ -166,16 +167,10 @@ def _gt_boxes(gt: dict[str, Any], items: list[_Item]) -> None:
             continue
         if ann.get("area") is not None and ann["area"] <= 0:
             continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        width, height = sizes.get(ann["image_id"], (None, None))
-        x1, y1 = max(0.0, x), max(0.0, y)
-        x2 = x1 + max(0.0, w - 1)
-        y2 = y1 + max(0.0, h - 1)
-        if width is not None and height is not None:
-            x2, y2 = min(width - 1.0, x2), min(height - 1.0, y2)
-        if x2 <= x1 or y2 <= y1:
+        box = clip_box_to_image(ann["bbox"], *sizes.get(ann["image_id"], (None, None)))
+        if box is None:
             continue
-        item.boxes.append([x1, y1, x2 - x1, y2 - y1])
+        item.boxes.append(box)
         item.box_scores.append(1.0)
         item.category_ids.append(int(ann.get("category_id", 1)))
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .boxes import convert_boxes
 from .keypoint_metadata import get_dataset_info
 
 __all__ = [
@@ -685,13 +686,7 @@ def pck(
         b = _to_numpy(boxes, "boxes")
         if b.shape != (n, 4):
             raise ValueError(f"boxes must have shape ({n}, 4), got {b.shape}")
-        if box_format == "xywh":
-            wh = b[:, 2:]
-        elif box_format == "xyxy":
-            wh = b[:, 2:] - b[:, :2]
-        else:
-            raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
-        sizes = wh.max(axis=1)
+        sizes = convert_boxes(b, box_format, "xywh")[:, 2:].max(axis=1)
     else:
         sizes = _to_numpy(norm_sizes, "norm_sizes").reshape(-1)
         if sizes.shape != (n,):

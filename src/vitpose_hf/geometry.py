@@ -4,7 +4,8 @@ Conventions used by every function here:
 
 - sizes are ``(height, width)``; points are ``(x, y)`` in pixels with pixel centres on integer coordinates
   (the OpenCV / mmpose convention: pixel ``(0, 0)`` covers ``[-0.5, 0.5)``);
-- boxes are ``"xywh"`` (COCO: top-left corner, width, height) or ``"xyxy"`` (two corners, width = x2 - x1);
+- boxes are ``"xywh"`` (COCO: top-left corner, width, height) or ``"xyxy"`` (two corners, width = x2 - x1), as
+  defined and checked in :mod:`.boxes`;
 - a box is turned into a ``center`` (x, y) and a ``scale`` (w, h) measured in units of :data:`PIXEL_STD` pixels,
   the unit of the official code (inherited from the MPII annotation format);
 - ``N`` is the number of boxes / crops, ``K`` the number of points per crop.
@@ -17,107 +18,41 @@ onto ``W - 1`` pixel steps, and the classic one, which maps it onto ``W`` steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 
+from .boxes import (  # the box formats live in boxes.py; re-exported here for geometry users
+    BOX_FORMATS,
+    TensorLike,
+    as_float_tensor,
+    check_box_format,
+    short_repr,
+    to_xywh,
+    validate_boxes,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
+
 __all__ = [
-    "PIXEL_STD",
-    "BOX_PADDING",
     "BOX_FORMATS",
+    "BOX_PADDING",
+    "PIXEL_STD",
+    "apply_affine",
+    "box_to_center_scale",
     "check_box_format",
+    "crop_to_image",
+    "image_to_crop",
+    "inverse_warp_matrix",
     "validate_boxes",
+    "warp_matrix",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
-    "box_to_center_scale",
-    "warp_matrix",
-    "inverse_warp_matrix",
-    "apply_affine",
-    "image_to_crop",
-    "crop_to_image",
 ]
 
 # The official code measures box sizes in units of 200 px ("pixel_std"): scale = size / 200.
 PIXEL_STD = 200.0
 # The official inference and test code enlarge every box by 25 % before cropping.
 BOX_PADDING = 1.25
-BOX_FORMATS = ("xywh", "xyxy")
-
-TensorLike = torch.Tensor | np.ndarray | Sequence
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def check_box_format(box_format: str) -> str:
-    """Return ``box_format`` if it is ``"xywh"`` or ``"xyxy"``; ValueError otherwise."""
-    if box_format not in BOX_FORMATS:
-        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
-    return box_format
-
-
-def _as_float_tensor(values: TensorLike, name: str, device: torch.device | str | None = None) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        tensor = values.detach()
-        if not (tensor.is_floating_point() or tensor.dtype in _INT_DTYPES):
-            raise TypeError(f"{name} must hold numbers, got a tensor of dtype {tensor.dtype}")
-        tensor = tensor.to(device=device) if device is not None else tensor
-        return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a rectangular array of numbers, got {_short(values)} ({exc})") from None
-    return torch.from_numpy(array).to(device=device, dtype=torch.float32)
-
-
-def _short(values: object, limit: int = 120) -> str:
-    text = repr(values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else values)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def validate_boxes(boxes: TensorLike, box_format: str = "xywh", name: str = "boxes") -> torch.Tensor:
-    """Check boxes and return them as a float tensor of shape ``(N, 4)`` (float32; float64 tensors stay float64).
-
-    An empty list gives shape ``(0, 4)``. Raises ValueError naming the offending box for a wrong shape, a NaN or
-    infinite value, or a negative width / height (``x2 < x1`` or ``y2 < y1`` in ``"xyxy"``). Zero-size boxes are
-    accepted, as in the official code; their crop samples only the box centre.
-    """
-    check_box_format(box_format)
-    tensor = _as_float_tensor(boxes, name)
-    if tensor.numel() == 0 and tensor.ndim <= 2:
-        return tensor.reshape(0, 4)
-    if tensor.ndim != 2 or tensor.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4) ({box_format}), got shape {tuple(tensor.shape)}")
-    finite = torch.isfinite(tensor).all(dim=1)
-    if box_format == "xywh":
-        size = tensor[:, 2:]
-    else:
-        size = tensor[:, 2:] - tensor[:, :2]
-    bad = ~finite | (size < 0).any(dim=1)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        box = tensor[i].tolist()
-        if not bool(finite[i]):
-            reason = "contains NaN or infinity"
-        elif box_format == "xywh":
-            reason = f"has a negative {'width' if box[2] < 0 else 'height'}"
-        else:
-            reason = "has x2 < x1" if box[2] < box[0] else "has y2 < y1"
-        raise ValueError(f"{name}[{i}] = {box} ({box_format}) {reason}")
-    return tensor
-
-
-def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """``(N, 4)`` boxes ``(x, y, w, h)`` -> ``(x1, y1, x2, y2)`` with ``x2 = x + w`` (continuous coordinates)."""
-    return torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:4]], dim=-1)
-
-
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """``(N, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(x, y, w, h)`` with ``w = x2 - x1``.
-
-    mmpose 0.x's inference helper adds 1 (``w = x2 - x1 + 1``, inclusive pixel indices); detectors return
-    continuous corners, so no +1 here (the same as transformers' documented conversion).
-    """
-    return torch.cat([boxes[..., :2], boxes[..., 2:4] - boxes[..., :2]], dim=-1)
 
 
 def box_to_center_scale(
@@ -141,8 +76,7 @@ def box_to_center_scale(
         center: ``(N, 2)`` box centres ``(x, y)`` in image pixels.
         scale: ``(N, 2)`` padded region size ``(w, h)`` in units of 200 px.
     """
-    boxes = validate_boxes(boxes, box_format)
-    return _center_scale(boxes if box_format == "xywh" else xyxy_to_xywh(boxes), input_size, padding)
+    return _center_scale(to_xywh(validate_boxes(boxes, box_format), box_format), input_size, padding)
 
 
 def _center_scale(
@@ -161,13 +95,13 @@ def _per_crop(value: float | TensorLike | None, n: int, like: torch.Tensor, name
     """``None`` or an ``(N,)`` tensor from a scalar or N values."""
     if value is None:
         return None
-    tensor = _as_float_tensor(value, name, device=like.device).to(like.dtype).reshape(-1)
+    tensor = as_float_tensor(value, name, device=like.device).to(like.dtype).reshape(-1)
     if tensor.numel() == 1:
         return tensor.expand(n)
     if tensor.numel() != n:
         raise ValueError(f"{name} must be a number or hold one value per crop ({n}), got {tensor.numel()} values")
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or infinity: {_short(tensor)}")
+        raise ValueError(f"{name} contains NaN or infinity: {short_repr(tensor)}")
     return tensor
 
 

@@ -5,19 +5,8 @@ images' device, and normalises it. ``post_process_pose_estimation`` decodes heat
 quarter-pixel decoder), optionally averages a flip test, and maps keypoints back to image pixels. Encoding and
 decoding live in :mod:`.codecs`, geometry in :mod:`.geometry`: training and inference use the same code.
 
-Image input rule (documented once, applied everywhere):
-
-- PIL images: ``RGB`` as is; 16-bit (``I;16*``) and 32-bit integer (``I``) greyscale are scaled by 255 / 65535;
-  ``F`` is taken on the 0..255 scale; every other mode goes through ``PIL.Image.convert("RGB")`` (greyscale is
-  replicated, palettes are expanded, alpha is dropped, not composited, as OpenCV's ``imread`` does in the
-  official pipeline; CMYK / YCbCr / LAB / HSV are converted).
-- numpy arrays are ``(H, W)``, ``(H, W, C)`` or a batch ``(N, H, W, C)``; torch tensors are ``(H, W)``,
-  ``(C, H, W)`` or a batch ``(N, C, H, W)``, on any device. Channels: 1 = grey (replicated), 2 = grey + alpha,
-  3 = RGB (not BGR), 4 = RGBA (alpha dropped). uint8 is used as is, uint16 is scaled by 255 / 65535, bool is
-  0 / 255, and floating point is taken on the 0..255 scale, as transformers does (for images already in 0..1
-  pass ``do_rescale=False``).
-- a ``str`` / ``os.PathLike`` is opened with PIL (EXIF orientation applied, as ``cv2.imread`` does) and then
-  follows the PIL rule; an ``http(s)://`` URL is fetched with ``transformers.image_utils.load_image``.
+Images (PIL, numpy, torch, paths, URLs; any mode or dtype) are turned into RGB by :mod:`.images`, which documents
+the rule; boxes follow the formats and nesting rules of :mod:`.boxes`.
 """
 
 from __future__ import annotations
@@ -25,40 +14,32 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs
 
+from .boxes import boxes_per_image as _boxes_per_image
+from .boxes import check_box_format, to_xywh, validate_boxes
+from .boxes import is_box_list as _is_box_list
+from .boxes import stack_if_tensors as _stack_if_tensors
 from .codecs import MSRAHeatmap, UDPHeatmap, _check_kernel_size, flip_back
-from .geometry import (
-    BOX_PADDING,
-    _center_scale,
-    check_box_format,
-    crop_to_image,
-    image_to_crop,
-    inverse_warp_matrix,
-    validate_boxes,
-    xyxy_to_xywh,
-)
+from .geometry import BOX_PADDING, _center_scale, crop_to_image, image_to_crop, inverse_warp_matrix
+from .images import is_batch as _is_batch
+from .images import to_rgb_tensors as _to_rgb_tensors
 from .keypoint_metadata import flip_indices as dataset_flip_indices
 from .keypoint_metadata import get_dataset_info
 
 __all__ = ["ViTPoseImageProcessor", "flip_pixel_values"]
 
 DECODERS = ("udp_dark", "msra")
-_16BIT_TO_8BIT = 255.0 / 65535.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Work buffers of the CPU warp are kept per thread: faulting in fresh multi-MB buffers on every call costs as
 # much as the warp itself on some systems (glibc hands large blocks back to the OS after each use).
@@ -156,189 +137,6 @@ def _check_triplet(values: Any, name: str) -> list[float]:
     if array.size != 3 or not np.isfinite(array).all():
         raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {values!r}")
     return [float(v) for v in array]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Image loading
-# ----------------------------------------------------------------------------------------------------------------
-def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
-    if any(stride < 0 for stride in array.strides):  # e.g. bgr[..., ::-1]; torch cannot view those
-        array = np.ascontiguousarray(array)
-    # PIL hands out read-only buffers; the tensor is only read, so torch's warning does not apply.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
-def _pil_to_hwc(image: PIL.Image.Image, where: str) -> np.ndarray:
-    mode = image.mode
-    if mode == "RGB":
-        return np.asarray(image)
-    if mode.startswith("I;16") or mode == "I":
-        return np.asarray(image).astype(np.float32) * _16BIT_TO_8BIT
-    if mode == "F":
-        return np.asarray(image, dtype=np.float32)
-    if mode == "La":  # premultiplied grey + alpha: PIL has no direct RGB conversion
-        return np.asarray(image)[..., 0]
-    try:
-        return np.asarray(image.convert("RGB"))
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{where}: cannot convert PIL mode {mode!r} to RGB ({exc})") from None
-
-
-def _load_path(path: str | os.PathLike, where: str) -> PIL.Image.Image:
-    text = os.fspath(path)
-    if isinstance(text, str) and text.startswith(("http://", "https://")):
-        from transformers.image_utils import load_image
-
-        return load_image(text)
-    if not os.path.isfile(text):
-        raise ValueError(f"{where}: no image file at {text!r}")
-    image = PIL.Image.open(text)
-    return PIL.ImageOps.exif_transpose(image)
-
-
-def _channels_to_rgb(image: torch.Tensor, where: str) -> torch.Tensor:
-    """``(C, H, W)`` with C in 1..4 -> ``(3, H, W)`` view (grey replicated, alpha dropped)."""
-    c = image.shape[0]
-    if c == 3:
-        return image
-    if c == 4:
-        return image[:3]
-    if c in (1, 2):
-        return image[:1].expand(3, -1, -1)
-    raise ValueError(f"{where}: expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
-
-
-def _convert_dtype(image: torch.Tensor, where: str) -> torch.Tensor:
-    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-        # checked here, once per image, so that the model's forward never reads values back from the device
-        raise ValueError(f"{where}: the image contains NaN or infinite values")
-    if image.dtype == torch.uint8 or image.dtype == torch.float32:
-        return image
-    if image.dtype == torch.bool:
-        return image.to(torch.uint8) * 255
-    if image.is_floating_point():
-        return image.float()
-    if image.dtype == torch.uint16:
-        return image.to(torch.float32) * _16BIT_TO_8BIT
-    raise TypeError(f"{where}: unsupported image dtype {image.dtype}; use uint8, uint16, bool or floating point")
-
-
-def _array_images(array: np.ndarray, where: str) -> list[torch.Tensor]:
-    kind, size = array.dtype.kind, array.dtype.itemsize
-    if kind == "u" and size == 2:
-        array = array.astype(np.float32) * _16BIT_TO_8BIT
-    elif kind == "f" and array.dtype != np.float32:  # float16 / float64 / non-native byte order
-        array = array.astype(np.float32)
-    elif not (kind == "b" or kind == "f" or (kind == "u" and size == 1)):
-        raise TypeError(f"{where}: unsupported image dtype {array.dtype}; use uint8, uint16, bool or floating point")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
-        raise ValueError(
-            f"{where}: numpy images are (H, W, C) but got shape {array.shape}, which looks like (C, H, W); "
-            "pass array.transpose(1, 2, 0)"
-        )
-    if array.ndim not in (3, 4):
-        raise ValueError(f"{where}: a numpy image is (H, W), (H, W, C) or (N, H, W, C), got shape {array.shape}")
-    tensor = _numpy_to_tensor(array)
-    tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-    return _tensor_images(tensor, where)
-
-
-def _tensor_images(tensor: torch.Tensor, where: str) -> list[torch.Tensor]:
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0)
-    if tensor.ndim == 3:
-        batch = [tensor]
-    elif tensor.ndim == 4:
-        batch = list(tensor.unbind(0))
-    else:
-        raise ValueError(f"{where}: a torch image is (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
-    out = []
-    for i, image in enumerate(batch):
-        name = where if len(batch) == 1 and tensor.ndim == 3 else f"{where}[{i}]"
-        if image.shape[0] > 4 and image.shape[-1] <= 4:
-            raise ValueError(
-                f"{name}: torch images are (C, H, W) but got shape {tuple(image.shape)}, which looks like "
-                "(H, W, C); pass image.permute(2, 0, 1)"
-            )
-        if image.shape[-1] == 0 or image.shape[-2] == 0:
-            raise ValueError(f"{name}: empty image of shape {tuple(image.shape)}")
-        out.append(_channels_to_rgb(_convert_dtype(image, name), name))
-    return out
-
-
-def _to_rgb_tensors(images: Any, where: str = "images") -> list[torch.Tensor]:
-    """One input (PIL, numpy, torch, path; possibly a batch) -> list of ``(3, H, W)`` uint8 / float32 tensors."""
-    if isinstance(images, (str, os.PathLike)):
-        images = _load_path(images, where)
-    if isinstance(images, PIL.Image.Image):
-        return _array_images(_pil_to_hwc(images, where), where)
-    if isinstance(images, np.ndarray):
-        return _array_images(images, where)
-    if isinstance(images, torch.Tensor):
-        return _tensor_images(images.detach(), where)
-    raise TypeError(
-        f"{where}: unsupported image type {type(images).__name__}; pass a PIL image, a numpy array, a torch "
-        "tensor, a path, or a list of those"
-    )
-
-
-def _is_batch(images: Any) -> bool:
-    return isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Boxes
-# ----------------------------------------------------------------------------------------------------------------
-def _stack_if_tensors(boxes: Any) -> Any:
-    if isinstance(boxes, (list, tuple)) and boxes and all(isinstance(b, torch.Tensor) for b in boxes):
-        try:
-            return torch.stack([b.detach().cpu().reshape(-1) for b in boxes])
-        except RuntimeError:
-            return boxes
-    return boxes
-
-
-def _boxes_per_image(boxes: Any, num_images: int, single: bool, box_format: str) -> list[torch.Tensor]:
-    """Validated ``(M_i, 4)`` float boxes for each image."""
-    if single:
-        boxes = _stack_if_tensors(boxes)
-        if isinstance(boxes, (list, tuple)) and len(boxes) == 1 and _is_box_list(boxes[0]):
-            boxes = _stack_if_tensors(boxes[0])  # transformers' nesting: [[box, box, ...]] for one image
-        tensor = boxes if isinstance(boxes, torch.Tensor) else None
-        if tensor is not None and tensor.ndim == 3 and tensor.shape[0] == 1:
-            boxes = tensor[0]
-        elif isinstance(boxes, np.ndarray) and boxes.ndim == 3 and boxes.shape[0] == 1:
-            boxes = boxes[0]
-        return [validate_boxes(boxes, box_format, name="boxes")]
-    if isinstance(boxes, (torch.Tensor, np.ndarray)):
-        if boxes.ndim != 3:
-            raise ValueError(
-                f"for {num_images} images, boxes must be a list with one (M_i, 4) entry per image or an array of "
-                f"shape (num_images, M, 4), got shape {tuple(boxes.shape)}"
-            )
-        per_image = list(boxes)
-    elif isinstance(boxes, (list, tuple)):
-        per_image = list(boxes)
-    else:
-        raise TypeError(f"boxes must be a list of per-image box lists, a tensor or an array, got {type(boxes).__name__}")
-    if len(per_image) != num_images:
-        raise ValueError(f"got boxes for {len(per_image)} images but {num_images} images")
-    return [validate_boxes(_stack_if_tensors(b), box_format, name=f"boxes[{i}]") for i, b in enumerate(per_image)]
-
-
-def _is_box_list(value: Any) -> bool:
-    """True for a list of boxes (a 2-D array, a sequence of sequences, or empty); False for one flat box."""
-    if isinstance(value, np.ndarray):
-        return value.ndim == 2 or value.size == 0
-    if isinstance(value, torch.Tensor):
-        return value.ndim == 2 or value.numel() == 0
-    if isinstance(value, (list, tuple)):
-        return all(isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) for v in value)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -615,7 +413,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         boxes: torch.Tensor, box_format: str, input_size: tuple[int, int], padding: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre / scale of boxes already checked by ``validate_boxes``."""
-        return _center_scale(boxes if box_format == "xywh" else xyxy_to_xywh(boxes), input_size, padding)
+        return _center_scale(to_xywh(boxes, box_format), input_size, padding)
 
     @staticmethod
     def _sample_points(matrix: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -34,36 +34,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from transformers import Pipeline
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, image_size, load_detector
-from .geometry import check_box_format
+from .boxes import boxes_per_image, check_box_format, convert_boxes, split_per_image
+from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
+from .hub import hub_file, hub_load, resolve_dtype
 from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
-from .image_processing_vitpose_hf import _boxes_per_image as split_boxes_per_image
-from .image_processing_vitpose_hf import _stack_if_tensors
+from .images import image_size, is_batch, load_image
 from .modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
-    "PoseEstimationPipeline",
-    "pipeline",
-    "register_pipeline",
-    "load_pose_model",
-    "processor_for_model",
-    "resolve_dtype",
-    "hub_reachable",
-    "HubUnreachableError",
-    "TASK",
     "DEFAULT_MODEL",
+    "TASK",
+    "PoseEstimationPipeline",
+    "load_pose_model",
+    "pipeline",
+    "processor_for_model",
+    "register_pipeline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,94 +65,11 @@ logger = logging.getLogger(__name__)
 TASK = "pose-estimation"
 DEFAULT_MODEL = "usyd-community/vitpose-base-simple"
 DEFAULT_BATCH_SIZE = 32
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-_TRUE = ("1", "true", "yes", "on")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading: dtype, Hub access with a clear error, model and processor
+# Loading: model and processor (Hub access and dtypes: hub.py)
 # ----------------------------------------------------------------------------------------------------------------
-class HubUnreachableError(OSError):
-    """The Hugging Face Hub cannot be reached and the requested files are not cached."""
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``torch.bfloat16`` / ``"bf16"`` / ``"fp16"`` / ... -> a torch dtype; ``None`` and ``"auto"`` -> ``None``."""
-    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
-        return None
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ValueError(f"torch_dtype must be a floating point dtype, got {dtype}")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"unknown torch_dtype {dtype!r}; use one of {sorted(set(_DTYPES))}, a torch dtype or 'auto'")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint answers a TCP connection (False in offline mode). A quick probe, no HTTP.
-
-    Behind a proxy (``HTTPS_PROXY`` / ``ALL_PROXY``) a direct connection says nothing, so True is returned and the
-    download itself decides.
-    """
-    from huggingface_hub import constants
-
-    if getattr(constants, "HF_HUB_OFFLINE", False) or any(
-        os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    ):
-        return False
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or getattr(constants, "ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _unreachable_message(name: str, what: str, flag: str) -> str:
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    return (
-        f"cannot load the {what} {name!r}: the Hugging Face Hub ({endpoint}) cannot be reached (no network, or "
-        f"offline mode is on) and {name!r} is not in the local cache. Pass a local checkpoint folder instead: "
-        f"`{flag} /path/to/checkpoint` on the command line, or the folder path in Python. A checkpoint folder holds "
-        f"config.json and model.safetensors, as written by save_pretrained; on a machine with network, get one with "
-        f"`hf download {name} --local-dir ./{name.rsplit('/', 1)[-1]}`."
-    )
-
-
-def hub_load(load: Callable[..., Any], name: str | os.PathLike, what: str = "model", flag: str = "--model", **kwargs: Any) -> Any:
-    """Call ``load(name, **kwargs)``: local folders directly; Hub names from the cache first, then the Hub.
-
-    Raises :class:`HubUnreachableError` (naming the way to pass a local checkpoint) when a Hub name is neither
-    cached nor downloadable, instead of waiting through the download retries.
-    """
-    name = os.fspath(name)
-    if os.path.isdir(name) or kwargs.get("local_files_only"):
-        return load(name, **kwargs)
-    if os.path.isfile(name):
-        raise ValueError(f"the {what} {name!r} is a file; pass a checkpoint folder (config.json + weights) or a Hub name")
-    try:
-        return load(name, **{**kwargs, "local_files_only": True})
-    except OSError:
-        pass  # not cached: try the Hub
-    if not hub_reachable():
-        raise HubUnreachableError(_unreachable_message(name, what, flag))
-    return load(name, **kwargs)
-
-
 def load_pose_model(
     model: str | os.PathLike | ViTPosePreTrainedModel = DEFAULT_MODEL,
     torch_dtype: str | torch.dtype | None = None,
@@ -173,25 +84,6 @@ def load_pose_model(
     return hub_load(ViTPoseForPoseEstimation.from_pretrained, model, "model", "--model", **kwargs)
 
 
-def _local_file(source: str, filename: str) -> str | None:
-    """A file of a checkpoint folder, or of a Hub repo when cached or downloadable; None otherwise."""
-    if os.path.isdir(source):
-        path = os.path.join(source, filename)
-        return path if os.path.isfile(path) else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from transformers.utils import cached_file
-
-        cached = try_to_load_from_cache(source, filename)
-        if isinstance(cached, str):
-            return cached
-        if cached is not None or not hub_reachable():  # cached "no such file", or no network
-            return None
-        return cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
-    except Exception:  # an invalid repo id (e.g. a deleted temporary folder), a missing repo: build from config
-        return None
-
-
 def processor_for_model(model: ViTPosePreTrainedModel, source: str | os.PathLike | None = None) -> ViTPoseImageProcessor:
     """The model's image processor: its saved ``ViTPoseImageProcessor``, else one built from the model config.
 
@@ -201,7 +93,7 @@ def processor_for_model(model: ViTPosePreTrainedModel, source: str | os.PathLike
     source = os.fspath(source) if source is not None else getattr(model, "name_or_path", None)
     saved: dict[str, Any] = {}
     if source:
-        path = _local_file(source, "preprocessor_config.json")
+        path = hub_file(source, "preprocessor_config.json")
         if path is not None:
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)
@@ -243,29 +135,10 @@ class _Images:
         self.items = items
 
 
-def _is_batch(images: Any) -> bool:
-    return isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4)
-
-
-def _looks_like_box(value: Any) -> bool:
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.ndim == 1
-    return isinstance(value, (list, tuple)) and len(value) == 4 and all(
-        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in value
-    )
-
-
 def _load_image(image: Any, where: str, timeout: float | None) -> Any:
+    """Paths and URLs are read (EXIF orientation applied); PIL images, arrays and tensors are checked and kept."""
     if isinstance(image, (str, os.PathLike)):
-        text = os.fspath(image)
-        if text.startswith(("http://", "https://")):
-            from transformers.image_utils import load_image
-
-            return load_image(text, timeout=timeout)
-        if not os.path.isfile(text):
-            raise ValueError(f"{where}: no image file at {text!r}")
-        opened = PIL.Image.open(text)
-        return PIL.ImageOps.exif_transpose(opened)
+        return load_image(image, where, timeout=timeout)
     if isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
         try:
             image_size(image)  # checks the number of dimensions
@@ -285,13 +158,13 @@ def _as_float64(boxes: Any) -> np.ndarray:
 
 
 def _boxes_per_image(boxes: Any, num_images: int, box_format: str) -> list[np.ndarray]:
-    """One validated float64 `(M_i, 4)` array per image; the processor's splitting rules and errors.
+    """One validated float64 `(M_i, 4)` array per image, with the nesting rules and errors of :mod:`.boxes`.
 
     The values are taken from the caller's boxes, not the validated float32 copies, so that the returned
     `box` is exactly the box given.
     """
-    split_boxes_per_image(boxes, num_images, single=False, box_format=box_format)  # raises on bad input
-    return [_as_float64(_stack_if_tensors(b)) if len(b) else np.zeros((0, 4)) for b in list(boxes)]
+    boxes_per_image(boxes, num_images, single=False, box_format=box_format)  # raises on bad input
+    return [_as_float64(b) if len(b) else np.zeros((0, 4)) for b in split_per_image(boxes, num_images, single=False)]
 
 
 def _scores_per_image(box_scores: Any, per_image: list[np.ndarray]) -> list[list[float | None]]:
@@ -311,14 +184,6 @@ def _scores_per_image(box_scores: Any, per_image: list[np.ndarray]) -> list[list
                 raise ValueError(f"box_scores[{i}] must hold numbers (or None), got {score!r}")
             values.append(None if score is None else float(score))
         out.append(values)
-    return out
-
-
-def _xyxy_to(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    if box_format == "xyxy":
-        return boxes.copy()
-    out = boxes.copy()
-    out[:, 2:] = boxes[:, 2:] - boxes[:, :2]
     return out
 
 
@@ -474,12 +339,10 @@ class PoseEstimationPipeline(Pipeline):
         batch_size = kwargs.pop("batch_size", None)
         if "num_workers" in kwargs:
             raise TypeError("num_workers is not supported: the crops of all images are batched in one call")
-        single = not _is_batch(images)
+        single = not is_batch(images)
         items = [images] if single else list(images)
         if boxes is not None and single:
-            nested = isinstance(boxes, (list, tuple)) and len(boxes) == 1 and not _looks_like_box(boxes[0])
-            nested = nested or (isinstance(boxes, (np.ndarray, torch.Tensor)) and boxes.ndim == 3)
-            boxes = boxes if nested else [boxes]
+            boxes = split_per_image(boxes, 1, single=True)
         if single and kwargs.get("box_scores") is not None:
             scores = kwargs["box_scores"]
             if not (isinstance(scores, (list, tuple)) and len(scores) == 1 and isinstance(scores[0], (list, tuple, np.ndarray, torch.Tensor))):
@@ -518,7 +381,7 @@ class PoseEstimationPipeline(Pipeline):
         elif self.detector is not None:
             wanted = detector_labels if detector_labels is not None else info.get("detector_labels") or ["person"]
             detections = self.detector(images, labels=wanted, threshold=detector_threshold)
-            per_image = [_xyxy_to(d.boxes, box_format) for d in detections]
+            per_image = [convert_boxes(d.boxes, "xyxy", box_format) for d in detections]
             scores = [[float(s) for s in d.scores] for d in detections]
             labels = [list(d.labels) for d in detections]
         else:
@@ -631,7 +494,7 @@ def pipeline(
     Args:
         model: Hub name or local folder of a ViTPose checkpoint (ours or transformers' ``vitpose``), or a model.
             Default: ``usyd-community/vitpose-base-simple``. A Hub name that is neither cached nor downloadable
-            raises :class:`HubUnreachableError`, which says how to pass a local folder.
+            raises :class:`vitpose_hf.hub.HubUnreachableError`, which says how to pass a local folder.
         detector: see :class:`PoseEstimationPipeline`; ``None`` uses given boxes or the whole image.
         dataset: default head for ViTPose++ checkpoints.
         device: ``"cuda"``, ``"cpu"``, ``0``, ... (default: first GPU if any).

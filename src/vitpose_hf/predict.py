@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "SAMPLE_IMAGE", "load_boxes_file", "BoxTable"]
+from .boxes import BOX_FORMATS, convert_boxes, validate_boxes
+
+__all__ = ["SAMPLE_IMAGE", "BoxTable", "add_arguments", "load_boxes_file", "run"]
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"
 DEFAULT_OUT = "vitpose-hf-output"
@@ -68,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="store_true", help="add the bundled sample photo to the inputs")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub name or local checkpoint folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--boxes", metavar="FILE.json", help="boxes per image: a name -> boxes mapping, COCO detection results or a COCO annotation file")
-    parser.add_argument("--box-format", choices=("xywh", "xyxy"), default=None, help="format of --boxes mapping boxes and of the output boxes (default: xywh)")
+    parser.add_argument("--box-format", choices=BOX_FORMATS, default=None, help="format of --boxes mapping boxes and of the output boxes (default: xywh)")
     parser.add_argument("--box-threshold", type=float, default=None, metavar="S", help="drop boxes scoring below S (file boxes with a score, detector boxes; detector default 0.5)")
     parser.add_argument("--detector", default=None, metavar="MODEL", help="transformers object-detection model (Hub name or folder) used when no boxes are given")
     parser.add_argument("--dataset", default=None, help="head of a ViTPose++ checkpoint: coco, aic, mpii, ap10k, apt36k, wholebody")
@@ -183,13 +185,6 @@ def load_boxes_file(path: str | os.PathLike, box_format: str | None = None) -> B
     raise InputError(f"--boxes: expected a JSON object (file name -> boxes) or a COCO results list, got {type(data).__name__}")
 
 
-def _convert_box(box: list[float], source: str, target: str) -> list[float]:
-    if source == target:
-        return list(box)
-    x, y, a, b = box
-    return [x, y, x + a, y + b] if target == "xyxy" else [x, y, a - x, b - y]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,16 +242,12 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path, Path]]:
 
 
 def _read_image(path: Path) -> Any:
-    import PIL.Image
-    import PIL.ImageOps
+    from .images import load_image
 
     try:
-        with PIL.Image.open(path) as opened:
-            image = PIL.ImageOps.exif_transpose(opened)
-            image.load()
-    except (OSError, SyntaxError) as exc:
-        raise InputError(f"cannot read the image {str(path)!r}: {exc}") from None
-    return image
+        return load_image(path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _cv2(path: Path) -> Any:
@@ -337,11 +328,9 @@ def _file_boxes(
             continue
         if threshold is not None and score is not None and score < threshold:
             continue
-        boxes.append(_convert_box(box, table.box_format, box_format))
+        boxes.append(convert_boxes(box, table.box_format, box_format))
         scores.append(score)
     if boxes:
-        from .geometry import validate_boxes
-
         validate_boxes(boxes, box_format, name=f"the --boxes of {job.source.name}")  # names the file and the box
     return boxes, scores
 
@@ -469,7 +458,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _size_of(image: Any) -> tuple[int, int]:
-    from .detection import image_size
+    from .images import image_size
 
     height, width = image_size(image)
     return width, height
@@ -477,7 +466,7 @@ def _size_of(image: Any) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vitpose-hf predict``; bad inputs and an unreachable Hub print one error line and return non-zero."""
-    from .pipeline import HubUnreachableError
+    from .hub import HubUnreachableError
 
     try:
         return _predict(args)

@@ -1,0 +1,144 @@
+"""Loading from the Hugging Face Hub with one clear error when it cannot be reached, and torch dtype names.
+
+Local folders are used directly; Hub names come from the local cache first, then from the Hub. When a Hub name is
+neither cached nor downloadable, :class:`HubUnreachableError` says how to pass a local checkpoint instead of
+waiting through huggingface_hub's download retries. Offline mode is huggingface_hub's own (``HF_HUB_OFFLINE``, or
+``TRANSFORMERS_OFFLINE``); reachability is asked with huggingface_hub's HTTP session (its proxies and endpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["HubUnreachableError", "hub_file", "hub_load", "hub_reachable", "offline_mode", "resolve_dtype"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+_TRUE = ("1", "true", "yes", "on")
+
+
+class HubUnreachableError(OSError):
+    """The Hugging Face Hub cannot be reached and the requested files are not cached."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``torch.bfloat16`` / ``"bf16"`` / ``"fp16"`` / ... -> a torch dtype; ``None`` and ``"auto"`` -> ``None``."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return None
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"torch_dtype must be a floating point dtype, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"unknown torch_dtype {dtype!r}; use one of {sorted(set(_DTYPES))}, a torch dtype or 'auto'")
+
+
+def offline_mode() -> bool:
+    """huggingface_hub's offline mode, also when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` were set after import
+    (huggingface_hub reads them once, when it is imported)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return True
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint answers one HTTP request (False in offline mode), without retries.
+
+    Any HTTP answer counts (even an error status): only connection errors and timeouts mean unreachable.
+    """
+    if offline_mode():
+        return False
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except Exception:  # noqa: BLE001 - huggingface_hub's connection, timeout and offline-mode errors
+        return False
+    return True
+
+
+def _no_connection(error: BaseException) -> bool:
+    """True when huggingface_hub's LocalEntryNotFoundError (not cached, no connection) is behind ``error``."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _unreachable_message(name: str, what: str, flag: str) -> str:
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    return (
+        f"cannot load the {what} {name!r}: the Hugging Face Hub ({endpoint}) cannot be reached (no network, or "
+        f"offline mode is on) and {name!r} is not in the local cache. Pass a local checkpoint folder instead: "
+        f"`{flag} /path/to/checkpoint` on the command line, or the folder path in Python. A checkpoint folder holds "
+        f"config.json and model.safetensors, as written by save_pretrained; on a machine with network, get one with "
+        f"`hf download {name} --local-dir ./{name.rsplit('/', 1)[-1]}`."
+    )
+
+
+def hub_load(
+    load: Callable[..., Any], name: str | os.PathLike, what: str = "model", flag: str = "--model", **kwargs: Any
+) -> Any:
+    """Call ``load(name, **kwargs)``: local folders directly; Hub names from the cache first, then the Hub.
+
+    Raises :class:`HubUnreachableError` (naming the way to pass a local checkpoint, ``flag`` on the command line)
+    when a Hub name is neither cached nor downloadable.
+    """
+    name = os.fspath(name)
+    if os.path.isdir(name) or kwargs.get("local_files_only"):
+        return load(name, **kwargs)
+    if os.path.isfile(name):
+        raise ValueError(f"the {what} {name!r} is a file; pass a checkpoint folder (config.json + weights) or a Hub name")
+    try:
+        return load(name, **{**kwargs, "local_files_only": True})
+    except OSError:
+        pass  # not cached: try the Hub
+    if not hub_reachable():
+        raise HubUnreachableError(_unreachable_message(name, what, flag))
+    try:
+        return load(name, **kwargs)
+    except OSError as exc:
+        if isinstance(exc, HubUnreachableError) or not _no_connection(exc):
+            raise
+        raise HubUnreachableError(_unreachable_message(name, what, flag)) from exc
+
+
+def hub_file(source: str, filename: str) -> str | None:
+    """A file of a checkpoint folder, or of a Hub repo when cached or downloadable; None otherwise."""
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils import cached_file
+
+        cached = try_to_load_from_cache(source, filename)
+        if isinstance(cached, str):
+            return cached
+        if cached is not None or not hub_reachable():  # cached "no such file", or no network
+            return None
+        return cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
+    except Exception:  # noqa: BLE001 - an invalid repo id (e.g. a deleted temporary folder), a missing repo
+        return None
