@@ -47,7 +47,7 @@ from .augment import (
     TopDownTransform,
 )
 from .codecs import flip_back
-from .configuration_vitpose_hf import LAYER_DECAY, ViTPoseConfig
+from .configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
 from .geometry import PIXEL_STD, crop_to_image
 from .hub_dataset import (
     BAD_STATUSES,
@@ -80,7 +80,7 @@ __all__ = [
 
 logger = logging.getLogger("vitpose_hf.train")
 
-SIZES: dict[tuple[int, int], str] = {(384, 12): "s", (768, 12): "b", (1024, 24): "l", (1280, 32): "h"}
+SIZES: dict[tuple[int, int], str] = {(p.hidden_size, p.num_hidden_layers): k for k, p in PRESET_SIZES.items()}
 CHECKPOINT_DIR = "checkpoints"
 # what --push_to_hub leaves out of the output folder
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gitignore"]
@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf train` (run with ``--help`` for the list)."""
     m = parser.add_argument_group("model (one of --model_name_or_path, --model_size, --config_name)")
     m.add_argument("--model_name_or_path", help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune")
-    m.add_argument("--model_size", choices=["s", "b", "l", "h"], help="build ViTPose-S/B/L/H from scratch (see --init_from)")
+    m.add_argument("--model_size", choices=list(PRESET_SIZES),
+                   help="build ViTPose-S/B/L/H from scratch (see --init_from)")
     m.add_argument("--init_from", help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE .pth / "
                    ".safetensors file, converted into the backbone (position embedding interpolated)")
     m.add_argument("--config_name", help="config.json (or its folder) of the model to build from scratch")
