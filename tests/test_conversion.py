@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
 
-from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
 from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
 from vitpose_hf.convert import convert, convert_official
@@ -17,19 +18,24 @@ from vitpose_hf.convert import convert, convert_official
 X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
 
-def build_transformers(tmp_path, simple: bool, experts: int, eps: float | None = None):
+def build_transformers(tmp_path, simple: bool, experts: int, eps: float | None = None, names=None, edges=None):
     kwargs = {} if eps is None else {"layer_norm_eps": eps}
     backbone = VitPoseBackboneConfig(
         image_size=(64, 48), patch_size=(8, 8), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         num_experts=experts, part_features=8 if experts > 1 else 0, out_indices=[2], **kwargs,
     )
+    labels = {"num_labels": 17} if names is None else {
+        "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    if edges is not None:
+        labels["edges"] = edges
     torch.manual_seed(0)
-    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, use_simple_decoder=simple, num_labels=17)).eval()
+    config = VitPoseConfig(backbone_config=backbone, use_simple_decoder=simple, **labels)
+    model = VitPoseForPoseEstimation(config).eval()
     with torch.no_grad():
         randomize_batchnorm(model)
         for p in model.parameters():  # larger weights than the init, so that differences show
             p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path / f"hf_{simple}_{experts}"
+    path = tmp_path / f"hf_{simple}_{experts}_{len(names or ())}"
     model.save_pretrained(path)
     return model, path
 
@@ -73,10 +79,10 @@ def test_export_to_transformers_round_trip(tmp_path):
 
 
 OFFICIAL_CASES = {
-    "dense-classic": dict(head_k=(17,)),
-    "dense-simple": dict(head_k=(17,), classic=False),
-    "v1-multi-dataset": dict(head_k=(17, 14, 16), cls_token=True),
-    "vitpose-plus": dict(head_k=tuple(PLUS_K), experts=6, cls_token=True),
+    "dense-classic": {"head_k": (17,)},
+    "dense-simple": {"head_k": (17,), "classic": False},
+    "v1-multi-dataset": {"head_k": (17, 14, 16), "cls_token": True},
+    "vitpose-plus": {"head_k": tuple(PLUS_K), "experts": 6, "cls_token": True},
 }
 
 
@@ -327,3 +333,75 @@ def test_strict_false_only_warns_naming_the_keys(tmp_path, caplog):
     torch.testing.assert_close(model.backbone.last_norm.weight, saved.backbone.last_norm.weight, rtol=0, atol=0)
     torch.testing.assert_close(model.heads[0].final_layer.weight, saved.heads[0].final_layer.weight, rtol=0, atol=0)
     assert model.backbone.last_norm.bias.shape == (32,) and torch.isfinite(model.backbone.last_norm.bias).all()
+
+
+# ---- keypoint layout of transformers checkpoints, from id2label ----------------------------------------------------
+
+# id2label of the released transformers ViTPose checkpoints (convert_vitpose_to_hf.py)
+HF_COCO_NAMES = ["Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
+                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle"]
+# the AP-10K keypoints as the official ap10k_info.py spells them
+AP10K_OFFICIAL_NAMES = ["L_Eye", "R_Eye", "Nose", "Neck", "Root of tail", "L_Shoulder", "L_Elbow", "L_F_Paw",
+                        "R_Shoulder", "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw"]
+AIC_NAMES = ["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist", "right_hip",
+             "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top", "neck"]
+
+
+def _other_side(name: str) -> str:
+    """`l_eye` -> `r_eye`, `left shoulder` -> `right shoulder`; other names unchanged."""
+    side = {"l": "r", "r": "l", "left": "right", "right": "left"}
+    return re.sub(r"^(l|r|left|right)(?=[_ ])", lambda m: side[m.group(1)], name)
+
+
+def _load_with_log(path, caplog):
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vitpose_hf.conversion"):
+        model = ViTPoseForPoseEstimation.from_pretrained(path).eval()
+    return model, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("names,expected", [
+    (HF_COCO_NAMES, "coco"),
+    (AP10K_OFFICIAL_NAMES, "ap10k"),  # regression: every 17-keypoint checkpoint became COCO
+    ([n.upper().replace("_", " ") for n in AIC_NAMES], "aic"),  # regression: 14 keypoints became "custom"
+], ids=["coco", "ap10k", "aic"])
+def test_transformers_layout_is_matched_by_keypoint_names(tmp_path, caplog, names, expected):
+    reference, path = build_transformers(tmp_path, True, 1, names=names)
+    ours, warnings = _load_with_log(path, caplog)
+    assert ours.config.dataset_names == [expected] and not warnings
+    info = ours.config.datasets[0]
+    assert info["sigmas"] is not None
+    # the flip pairs swap the checkpoint's own mirrored labels, all of them
+    lowered = [n.lower() for n in names]
+    pairs = {frozenset((i, lowered.index(_other_side(n)))) for i, n in enumerate(lowered)
+             if _other_side(n) != n and _other_side(n) in lowered}
+    assert {frozenset(p) for p in info["flip_pairs"]} == pairs
+    assert len(pairs) == {"coco": 8, "ap10k": 7, "aic": 6}[expected]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X).heatmaps, reference(X).heatmaps, atol=1e-5, rtol=0)
+
+
+def test_transformers_custom_layout_gets_flip_pairs_from_names(tmp_path, caplog):
+    names = ["beak", "LeftWing", "RightWing", "tail", "left foot", "right foot", "eye_l", "eye_r"]
+    _, path = build_transformers(tmp_path, True, 1, names=names, edges=[[0, 1], [0, 2], [3, 4], [3, 5], [9, 0]])
+    ours, warnings = _load_with_log(path, caplog)
+    (info,) = ours.config.datasets
+    assert info["name"] == "custom" and info["keypoint_names"] == names and not warnings
+    assert sorted(map(sorted, info["flip_pairs"])) == [[1, 2], [4, 5], [6, 7]]
+    assert info["skeleton"] == [[0, 1], [0, 2], [3, 4], [3, 5]]  # the edge to a missing keypoint 9 is dropped
+
+
+def test_transformers_layout_without_pairs_warns(tmp_path, caplog):
+    names = ["head", "neck", "tail", "hip", "tip"]
+    _, path = build_transformers(tmp_path, True, 1, names=names)
+    ours, warnings = _load_with_log(path, caplog)
+    assert ours.config.datasets[0]["flip_pairs"] == []
+    assert len(warnings) == 1 and str(path) in warnings[0] and "flip test will not swap" in warnings[0]
+
+
+def test_transformers_checkpoint_without_names(tmp_path, caplog):
+    # transformers fills id2label with LABEL_i when no names are given: 17 keypoints are taken as COCO, with a warning
+    _, path = build_transformers(tmp_path, True, 1)
+    ours, warnings = _load_with_log(path, caplog)
+    assert ours.config.dataset_names == ["coco"]
+    assert len(warnings) == 1 and "assuming the COCO-17 layout" in warnings[0] and str(path) in warnings[0]

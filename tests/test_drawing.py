@@ -34,7 +34,7 @@ def coco_person(score=0.9, dataset="coco", box=(40.0, 20.0, 120.0, 130.0)):
 
 
 def pixel(image, xy):
-    return image.getpixel((int(round(xy[0])), int(round(xy[1]))))
+    return image.getpixel((round(xy[0]), round(xy[1])))
 
 
 def midpoint(person, a, b):
@@ -135,6 +135,26 @@ def test_wholebody_parts_have_their_own_colours():
     colours = {tuple(c) for c in out.reshape(-1, 3)}
     palette = PALETTES["wholebody"]
     assert {palette["face"], palette["left_hand"], palette["right_hand"]} <= colours
+
+
+def test_wholebody_hands_are_drawn_from_the_hand_roots():
+    # regression: the fingers were linked to the body wrists (9, 10) instead of the hand roots (91, 112)
+    info = get_dataset_info("wholebody")
+    names = info["keypoint_names"]
+    points = np.full((133, 2), 5.0)
+    scores = np.zeros(133)
+    placed = {"left_wrist": (30, 30), "left_hand_root": (100, 120), "left_thumb1": (170, 30),
+              "right_wrist": (30, 150), "right_hand_root": (60, 90), "right_pinky_finger1": (170, 150)}
+    for name, xy in placed.items():
+        points[names.index(name)] = xy
+        scores[names.index(name)] = 1.0
+    out = draw(grey_image(200, 180), [{"keypoints": points, "scores": scores}], dataset="wholebody",
+               score_threshold=0.5, draw_boxes=False, radius=2, thickness=3)
+    palette = PALETTES["wholebody"]
+    assert pixel(out, (135, 75)) == palette["left_hand"]  # hand root -> thumb1
+    assert pixel(out, (115, 120)) == palette["right_hand"]  # hand root -> pinky1
+    assert pixel(out, (100, 30)) == (40, 40, 40)  # no wrist -> thumb1 link
+    assert pixel(out, (100, 150)) == (40, 40, 40)  # no wrist -> pinky1 link
 
 
 def test_bad_inputs():

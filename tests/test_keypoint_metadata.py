@@ -253,7 +253,8 @@ def test_coco_sigmas_match_xtcocotools_default():
 
 
 def test_sigmas_are_mirror_symmetric_where_expected():
-    for name in ("coco", "ochuman", "crowdpose"):
+    # The official AP-10K sigmas are symmetric in AP-10K order; the old COCO-ordered copy was not.
+    for name in ("coco", "ochuman", "crowdpose", "ap10k", "apt36k"):
         info = get_dataset_info(name)
         perm = flip_indices(info)
         s = np.asarray(info["sigmas"])
@@ -356,20 +357,81 @@ def test_wholebody_parts_and_real_annotations(shared_data):
     if part_file.exists():
         anns = _load(shared_data, "mmpose/coco/test_keypoint_partition_metric.json")["annotations"]
         assert all(len(a["keypoints"]) == 3 * 133 for a in anns)
-    # Hands hang off the body wrists.
-    assert {frozenset((9, 92)), frozenset((10, 113))} <= _links(info)
+    # Each hand fans out from its own hand root (official skeleton), never from a body wrist.
+    assert {frozenset((91, 92)), frozenset((112, 113))} <= _links(info)
+    assert not any(link & {9, 10} and link & set(range(91, 133)) for link in _links(info))
     assert names[91] == "left_hand_root" and names[112] == "right_hand_root"
     assert names[17:23] == ["left_big_toe", "left_small_toe", "left_heel",
                             "right_big_toe", "right_small_toe", "right_heel"]
 
 
 def test_skeletons_are_connected_where_expected():
-    # Every keypoint (except the WholeBody face and hand roots, which have no links) is drawn.
+    # Every keypoint (except the WholeBody face, which has no links) is drawn.
     for name in EXPECTED_K:
         info = get_dataset_info(name)
         used = {i for p in info["skeleton"] for i in p}
         unused = set(range(info["num_keypoints"])) - used
         if name == "wholebody":
-            assert unused == set(range(23, 91)) | {91, 112}
+            assert unused == set(range(23, 91))
         else:
             assert not unused, (name, unused)
+
+
+# ----------------------------------------------------------------------------- dataset names as given
+
+ROBOT = {"name": "MyRobot", "keypoint_names": ["left_gripper", "right_gripper", "base"], "flip_pairs": [[0, 1]]}
+
+
+def test_custom_dataset_name_keeps_its_case(tmp_path):
+    # regression: dataset_to_index lower-cased the name, so "MyRobot" could not be selected
+    import torch
+    from helpers import TINY
+
+    from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
+
+    assert get_dataset_info(ROBOT)["name"] == "MyRobot"
+    config = ViTPoseConfig(datasets=["coco", ROBOT], **TINY)
+    assert config.dataset_names == ["coco", "MyRobot"]
+    assert config.dataset_to_index("MyRobot") == 1
+    assert config.dataset_to_index("myrobot") == config.dataset_to_index("MYROBOT") == 1  # one match ignoring case
+    assert config.dataset_to_index("COCO") == 0
+    config.save_pretrained(tmp_path)
+    again = ViTPoseConfig.from_pretrained(tmp_path)
+    assert again.dataset_names == ["coco", "MyRobot"] and again.dataset_to_index("MyRobot") == 1
+
+    model = ViTPoseForPoseEstimation(config).eval()
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        by_name = model(x, dataset_index="MyRobot").heatmaps
+        by_index = model(x, dataset_index=1).heatmaps
+    assert by_name.shape[1] == 3
+    torch.testing.assert_close(by_name, by_index, rtol=0, atol=0)
+
+
+def test_dataset_names_differing_only_in_case_need_the_exact_name():
+    from helpers import TINY
+
+    from vitpose_hf import ViTPoseConfig
+
+    config = ViTPoseConfig(datasets=[ROBOT, {**ROBOT, "name": "myrobot"}], **TINY)
+    assert config.dataset_to_index("MyRobot") == 0
+    assert config.dataset_to_index("myrobot") == 1
+    with pytest.raises(ValueError, match=r"MYROBOT.*\['MyRobot', 'myrobot'\]"):
+        config.dataset_to_index("MYROBOT")
+    with pytest.raises(ValueError, match="unknown dataset 'robot'.*MyRobot"):
+        config.dataset_to_index("robot")
+
+
+def test_builtin_aliases_still_select_heads():
+    from helpers import TINY
+
+    from vitpose_hf import ViTPoseConfig
+
+    config = ViTPoseConfig(datasets=["coco", "aic", "wholebody", "ap10k"], **TINY)
+    assert config.dataset_to_index("coco_wholebody") == config.dataset_to_index("COCO-WholeBody") == 2
+    assert config.dataset_to_index("AI_Challenger") == 1
+    assert config.dataset_to_index("AP-10K") == 3
+    with pytest.raises(ValueError, match="unknown dataset 'apt36k'"):  # a built-in name this checkpoint lacks
+        config.dataset_to_index("apt36k")
+    with pytest.raises(ValueError, match="out of range"):
+        config.dataset_to_index(4)

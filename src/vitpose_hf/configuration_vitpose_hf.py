@@ -3,28 +3,58 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PretrainedConfig
 
-from .keypoint_metadata import VITPOSE_PLUS_DATASETS, get_dataset_info
+from .keypoint_metadata import VITPOSE_PLUS_DATASETS, builtin_dataset_name, get_dataset_info
 
-# name -> (hidden_size, num_hidden_layers, num_attention_heads, drop_path_rate), from the official configs
-_SIZES: dict[str, tuple[int, int, int, float]] = {
-    "s": (384, 12, 12, 0.1),
-    "b": (768, 12, 12, 0.3),
-    "l": (1024, 24, 16, 0.5),
-    "h": (1280, 32, 16, 0.55),
+
+@dataclass(frozen=True)
+class PresetSize:
+    """One paper size: the encoder shape and the official training recipe's per-size settings."""
+
+    display_name: str  # "ViTPose-B"; ViTPose++ models show as "ViTPose++-B"
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    drop_path_rate: float
+    layer_decay: float  # layer-wise lr decay, single-dataset recipe
+    layer_decay_plus: float  # layer-wise lr decay, ViTPose++ recipe
+
+    def name(self, plus: bool = False) -> str:
+        return self.display_name.replace("ViTPose", "ViTPose++") if plus else self.display_name
+
+    def decay(self, plus: bool = False) -> float:
+        return self.layer_decay_plus if plus else self.layer_decay
+
+
+# The one table of model sizes, from the official configs (ViTPose_{size}_coco_256x192.py, vitPose+_{size}_...).
+# S has 12 heads (head dim 32), unlike timm's ViT-S.
+PRESET_SIZES: dict[str, PresetSize] = {
+    "s": PresetSize("ViTPose-S", 384, 12, 12, 0.1, 0.8, 0.8),
+    "b": PresetSize("ViTPose-B", 768, 12, 12, 0.3, 0.75, 0.75),
+    "l": PresetSize("ViTPose-L", 1024, 24, 16, 0.5, 0.8, 0.8),
+    "h": PresetSize("ViTPose-H", 1280, 32, 16, 0.55, 0.85, 0.8),
 }
-# layer-wise learning-rate decay of the official recipe (single-dataset / ViTPose++)
-LAYER_DECAY: dict[str, tuple[float, float]] = {"s": (0.8, 0.8), "b": (0.75, 0.75), "l": (0.8, 0.8), "h": (0.85, 0.8)}
-HEADS_BY_WIDTH: dict[int, int] = {384: 12, 768: 12, 1024: 16, 1280: 16}
+# Views of PRESET_SIZES kept for importers: size -> (single, ViTPose++) decay, and width -> heads.
+LAYER_DECAY: dict[str, tuple[float, float]] = {k: (p.layer_decay, p.layer_decay_plus) for k, p in PRESET_SIZES.items()}
+HEADS_BY_WIDTH: dict[int, int] = {p.hidden_size: p.num_attention_heads for p in PRESET_SIZES.values()}
 DECODERS = ("classic", "simple")
+
+
+def preset_size_key(hidden_size: int, num_hidden_layers: int) -> str | None:
+    """Key of `PRESET_SIZES` (`"s"`, `"b"`, ...) with this width and depth, or None for other shapes."""
+    for key, size in PRESET_SIZES.items():
+        if (size.hidden_size, size.num_hidden_layers) == (hidden_size, num_hidden_layers):
+            return key
+    return None
 
 
 def _preset_names() -> list[str]:
     names = []
-    for size in _SIZES:
+    for size in PRESET_SIZES:
         for family in ("vitpose", "vitpose-plus"):
             names += [f"{family}-{size}", f"{family}-{size}-simple"]
     return names
@@ -165,21 +195,34 @@ class ViTPoseConfig(PretrainedConfig):
         return [len(d["keypoint_names"]) for d in self.datasets]
 
     def dataset_to_index(self, dataset: int | str) -> int:
-        """Index of a dataset given by name or index; ValueError naming the choices otherwise."""
+        """Index of a dataset given by index or name; ValueError naming the choices otherwise.
+
+        Names match exactly first, then ignoring case where that picks one dataset, then as a built-in alias
+        (`"coco_wholebody"` -> `"wholebody"`). Custom names keep their case (`"MyRobot"`).
+        """
         names = self.dataset_names
         if isinstance(dataset, str):
-            key = dataset.lower()
-            if key not in names:
-                try:  # aliases such as "coco_wholebody"
-                    key = get_dataset_info(dataset)["name"]
-                except ValueError:
-                    pass
-            if key not in names:
-                raise ValueError(f"unknown dataset {dataset!r} for this checkpoint; it has {names}")
-            return names.index(key)
+            if dataset in names:
+                return names.index(dataset)
+            folded = [i for i, name in enumerate(names) if name.casefold() == dataset.casefold()]
+            if len(folded) > 1:
+                raise ValueError(
+                    f"dataset {dataset!r} matches several datasets of this checkpoint when case is ignored: "
+                    f"{[names[i] for i in folded]}; give the exact name"
+                )
+            if folded:
+                return folded[0]
+            builtin = builtin_dataset_name(dataset)
+            if builtin is not None and builtin in names:
+                return names.index(builtin)
+            raise ValueError(f"unknown dataset {dataset!r} for this checkpoint; it has {names}")
+        if isinstance(dataset, bool):
+            raise TypeError(f"dataset must be an index or a name, got {dataset!r}")
         index = int(dataset)
         if not 0 <= index < len(names):
-            raise ValueError(f"dataset index {index} is out of range: this checkpoint has datasets 0..{len(names) - 1} {names}")
+            raise ValueError(
+                f"dataset index {index} is out of range: this checkpoint has datasets 0..{len(names) - 1} {names}"
+            )
         return index
 
     # ---- presets --------------------------------------------------------------------------------------------
@@ -188,7 +231,7 @@ class ViTPoseConfig(PretrainedConfig):
         return _preset_names()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ViTPoseConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> ViTPoseConfig:
         """Paper configurations: `vitpose-{s,b,l,h}` and `vitpose-plus-{s,b,l,h}`, each with a `-simple` variant.
 
         ViTPose++ (`vitpose-plus-*`) has 6 experts of width C/4 and one head per dataset in the order
@@ -201,14 +244,15 @@ class ViTPoseConfig(PretrainedConfig):
         simple = parts[-1] == "simple"
         plus = parts[1] == "plus"
         size = parts[2] if plus else parts[1]
-        hidden, depth, heads, drop_path = _SIZES[size]
-        kwargs: dict[str, Any] = dict(
-            hidden_size=hidden,
-            num_hidden_layers=depth,
-            num_attention_heads=heads,
-            drop_path_rate=drop_path,
-            decoder="simple" if simple else "classic",
-        )
+        preset = PRESET_SIZES[size]
+        hidden = preset.hidden_size
+        kwargs: dict[str, Any] = {
+            "hidden_size": hidden,
+            "num_hidden_layers": preset.num_hidden_layers,
+            "num_attention_heads": preset.num_attention_heads,
+            "drop_path_rate": preset.drop_path_rate,
+            "decoder": "simple" if simple else "classic",
+        }
         if plus:
             # released ViTPose++-S uses p = 96 = C/4 although its config says 192
             kwargs.update(num_experts=len(VITPOSE_PLUS_DATASETS), part_features=hidden // 4, datasets=list(VITPOSE_PLUS_DATASETS))
@@ -221,4 +265,4 @@ class ViTPoseConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["ViTPoseConfig", "LAYER_DECAY", "HEADS_BY_WIDTH"]
+__all__ = ["HEADS_BY_WIDTH", "LAYER_DECAY", "PRESET_SIZES", "PresetSize", "ViTPoseConfig", "preset_size_key"]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .configuration_vitpose_hf import HEADS_BY_WIDTH, ViTPoseConfig, _SIZES
-from .keypoint_metadata import VITPOSE_PLUS_DATASETS
+from .configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig, preset_size_key
+from .keypoint_metadata import VITPOSE_PLUS_DATASETS, get_dataset_info, infer_flip_pairs, match_builtin_dataset
 
 if TYPE_CHECKING:  # annotations only: the model module imports this one
     from .modeling_vitpose_hf import ViTPoseForPoseEstimation
@@ -79,7 +79,7 @@ def _grid_from_tokens(num_tokens: int) -> tuple[int, int]:
 def infer_official_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> dict[str, Any]:
     """ViTPoseConfig arguments read from the tensors of a state dict in our naming (see `convert_official_state_dict`).
 
-    Width gives the heads (384/768 -> 12, 1024/1280 -> 16), block keys the depth, head keys the decoder and
+    Width gives the heads (as in `PRESET_SIZES`), block keys the depth, head keys the decoder and
     keypoint counts, expert keys the experts and part_features. `overrides` win over what is read.
     """
     sd = state_dict
@@ -90,21 +90,22 @@ def infer_official_config(state_dict: dict[str, torch.Tensor], **overrides: Any)
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k)))
     grid = _grid_from_tokens(sd["backbone.pos_embed"].shape[1] - 1)
     # with padding 2 a 16x12 grid comes from a 256x192 input
-    kwargs: dict[str, Any] = dict(
-        hidden_size=hidden,
-        num_hidden_layers=depth,
-        patch_size=patch,
-        image_size=(grid[0] * patch, grid[1] * patch),
-        mlp_ratio=sd["backbone.blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-        qkv_bias="backbone.blocks.0.attn.qkv.bias" in sd,
-    )
-    if hidden in HEADS_BY_WIDTH:
-        kwargs["num_attention_heads"] = HEADS_BY_WIDTH[hidden]
+    kwargs: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_hidden_layers": depth,
+        "patch_size": patch,
+        "image_size": (grid[0] * patch, grid[1] * patch),
+        "mlp_ratio": sd["backbone.blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        "qkv_bias": "backbone.blocks.0.attn.qkv.bias" in sd,
+    }
+    heads = {p.num_attention_heads for p in PRESET_SIZES.values() if p.hidden_size == hidden}
+    if len(heads) == 1:
+        kwargs["num_attention_heads"] = heads.pop()
     elif "num_attention_heads" not in overrides:
         raise ValueError(f"no official model has width {hidden}: pass num_attention_heads (or --preset)")
-    for size, (width, layers, _, drop_path) in _SIZES.items():
-        if (width, layers) == (hidden, depth):
-            kwargs["drop_path_rate"] = drop_path
+    size = preset_size_key(hidden, depth)
+    if size is not None:
+        kwargs["drop_path_rate"] = PRESET_SIZES[size].drop_path_rate
     experts = sorted({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.0\.mlp\.experts\.(\d+)\.weight", k))})
     fc2_rows = sd["backbone.blocks.0.mlp.fc2.weight"].shape[0]
     if experts and fc2_rows < hidden:
@@ -214,41 +215,92 @@ def convert_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict
     return out
 
 
-def transformers_config_to_ours(config_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """ViTPoseConfig arguments for a transformers `vitpose` config (plus its converted state dict, ours)."""
+_GENERIC_LABEL = re.compile(r"LABEL_\d+")
+
+
+def _keypoint_names(config_dict: dict[str, Any], num_keypoints: int) -> list[str] | None:
+    """Keypoint names from `id2label`, or None where it holds no usable names (transformers' `LABEL_i` defaults)."""
+    id2label = config_dict.get("id2label") or {}
+    names = [id2label.get(str(i), id2label.get(i)) for i in range(num_keypoints)]
+    if len(id2label) != num_keypoints or not all(isinstance(n, str) and n.strip() for n in names):
+        return None
+    if all(_GENERIC_LABEL.fullmatch(n) for n in names) or len(set(names)) != len(names):
+        return None
+    return names
+
+
+def layout_from_id2label(config_dict: dict[str, Any], num_keypoints: int, source: str | None = None) -> str | dict:
+    """Keypoint layout of a transformers `vitpose` checkpoint, whose config holds only `id2label` and `edges`.
+
+    - Names matching a built-in layout (any case / spacing, `L_Eye` = `left_eye`) give that layout, with its
+      flip pairs, OKS sigmas and UDP setting.
+    - Other names give a custom layout with flip pairs inferred from left/right names and `edges` as skeleton.
+    - No names: 17 keypoints are taken as COCO (every released transformers checkpoint has the COCO head),
+      other counts get `keypoint_i` names.
+    A warning names the checkpoint where that is a guess, or where no flip pairs were found (the flip test then
+    averages the mirrored heatmaps without swapping any keypoint).
+    """
+    where = f"transformers checkpoint {source}" if source else "transformers checkpoint"
+    names = _keypoint_names(config_dict, num_keypoints)
+    if names is not None and (builtin := match_builtin_dataset(names)) is not None:
+        return builtin
+    if names is None and num_keypoints == 17:
+        logger.warning("%s has no keypoint names in id2label; assuming the COCO-17 layout", where)
+        return "coco"
+    skeleton = []
+    for edge in config_dict.get("edges") or []:
+        if not isinstance(edge, (list, tuple)) or len(edge) != 2:
+            continue
+        a, b = (int(v) for v in edge)
+        if 0 <= a < num_keypoints and 0 <= b < num_keypoints and a != b and {a, b} not in map(set, skeleton):
+            skeleton.append([a, b])
+    layout = {
+        "name": "custom",
+        "keypoint_names": names or [f"keypoint_{i}" for i in range(num_keypoints)],
+        "flip_pairs": infer_flip_pairs(names) if names else [],
+        "skeleton": skeleton,
+    }
+    if not layout["flip_pairs"]:
+        logger.warning(
+            "%s: no left/right keypoint pairs could be found in its %d keypoint names, so the flip test will not "
+            "swap any keypoints; if the layout has mirrored keypoints, name them left_*/right_* in id2label or "
+            "set flip_pairs in the converted config.json",
+            where, num_keypoints,
+        )
+    return get_dataset_info(layout)
+
+
+def transformers_config_to_ours(
+    config_dict: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str | None = None
+) -> dict[str, Any]:
+    """ViTPoseConfig arguments for a transformers `vitpose` config (plus its converted state dict, ours).
+
+    The keypoint layout comes from `id2label` (see `layout_from_id2label`); `source` names the checkpoint in warnings.
+    """
     backbone = dict(config_dict.get("backbone_config") or {})
     patch = backbone.get("patch_size", 16)
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
     num_keypoints = state_dict["heads.0.final_layer.weight"].shape[0]
-    id2label = config_dict.get("id2label") or {}
-    names = [id2label.get(str(i), id2label.get(i)) for i in range(num_keypoints)] if len(id2label) == num_keypoints else None
-    if num_keypoints == 17:
-        datasets = ["coco"]
-    else:
-        datasets = [{
-            "name": "custom",
-            "keypoint_names": names or [f"keypoint_{i}" for i in range(num_keypoints)],
-            "skeleton": [list(e) for e in config_dict.get("edges", []) if max(e) < num_keypoints],
-        }]
+    datasets = [layout_from_id2label(config_dict, num_keypoints, source)]
     num_experts = backbone.get("num_experts", 1)
-    kwargs = dict(
-        image_size=tuple(backbone.get("image_size", (256, 192))),
-        patch_size=patch,
-        num_channels=backbone.get("num_channels", 3),
-        hidden_size=backbone.get("hidden_size", 768),
-        num_hidden_layers=backbone.get("num_hidden_layers", 12),
-        num_attention_heads=backbone.get("num_attention_heads", 12),
-        mlp_ratio=backbone.get("mlp_ratio", 4),
-        hidden_act=backbone.get("hidden_act", "gelu"),
+    kwargs = {
+        "image_size": tuple(backbone.get("image_size", (256, 192))),
+        "patch_size": patch,
+        "num_channels": backbone.get("num_channels", 3),
+        "hidden_size": backbone.get("hidden_size", 768),
+        "num_hidden_layers": backbone.get("num_hidden_layers", 12),
+        "num_attention_heads": backbone.get("num_attention_heads", 12),
+        "mlp_ratio": backbone.get("mlp_ratio", 4),
+        "hidden_act": backbone.get("hidden_act", "gelu"),
         # transformers' converted checkpoints run with its default 1e-12, not the official 1e-6
-        layer_norm_eps=backbone.get("layer_norm_eps", 1e-12),
-        qkv_bias=backbone.get("qkv_bias", True),
-        num_experts=num_experts,
-        part_features=backbone.get("part_features", 0) if num_experts > 1 else 0,
-        decoder="simple" if config_dict.get("use_simple_decoder", True) else "classic",
-        upsample_factor=config_dict.get("scale_factor", 4),
-        datasets=datasets,
-    )
+        "layer_norm_eps": backbone.get("layer_norm_eps", 1e-12),
+        "qkv_bias": backbone.get("qkv_bias", True),
+        "num_experts": num_experts,
+        "part_features": backbone.get("part_features", 0) if num_experts > 1 else 0,
+        "decoder": "simple" if config_dict.get("use_simple_decoder", True) else "classic",
+        "upsample_factor": config_dict.get("scale_factor", 4),
+        "datasets": datasets,
+    }
     out_indices = backbone.get("out_indices") or [kwargs["num_hidden_layers"]]
     if list(out_indices)[-1] != kwargs["num_hidden_layers"]:
         raise ValueError(f"transformers checkpoint reads layer {out_indices}, not the last one; not supported")
@@ -375,7 +427,7 @@ def load_transformers_vitpose(cls: type, path: str | os.PathLike, *model_args: A
     """Convert a transformers `vitpose` checkpoint on load and hand it to our `from_pretrained`."""
     config_dict = read_config_dict(path, **kwargs)
     state = convert_transformers_state_dict(load_state_dict_files(path, **kwargs))
-    config = ViTPoseConfig(**transformers_config_to_ours(config_dict, state))
+    config = ViTPoseConfig(**transformers_config_to_ours(config_dict, state, source=str(path)))
     rest = {k: v for k, v in kwargs.items() if k not in HUB_KWARGS}
     with tempfile.TemporaryDirectory() as tmp:
         save_converted(config, state, tmp)
@@ -396,16 +448,17 @@ def save_converted(config: ViTPoseConfig, state_dict: dict[str, torch.Tensor], d
 
 __all__ = [
     "HEAD_LAYOUTS",
-    "load_official_state_dict",
-    "infer_official_config",
     "convert_official_state_dict",
     "convert_transformers_state_dict",
-    "transformers_config_to_ours",
-    "ours_to_transformers",
+    "infer_official_config",
     "is_transformers_vitpose",
+    "layout_from_id2label",
+    "load_official_state_dict",
     "load_state_dict_files",
     "load_transformers_vitpose",
+    "ours_to_transformers",
     "save_converted",
+    "transformers_config_to_ours",
 ]
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from .boxes import clip_box_to_image
 from .images import read_image_size
-from .keypoint_metadata import KEYPOINT_DATASETS, get_dataset_info
+from .keypoint_metadata import get_dataset_info, infer_flip_pairs, match_builtin_dataset
 
 __all__ = [
     "BAD_STATUSES",
@@ -270,25 +270,6 @@ def log_counts(name: str, counts: Mapping[str, int]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # COCO json -> Dataset
 # ---------------------------------------------------------------------------------------------------------------
-def _names_match(names: Sequence[str], info: Mapping[str, Any]) -> bool:
-    def norm(s: str) -> str:
-        return "".join(ch for ch in s.lower() if ch.isalnum())
-
-    return [norm(n) for n in names] == [norm(n) for n in info["keypoint_names"]]
-
-
-def _mirror_name(name: str) -> str | None:
-    lowered = name.lower()
-    for a, b in (("left", "right"), ("right", "left")):
-        if a in lowered:
-            i = lowered.index(a)
-            return name[:i] + (b.capitalize() if name[i].isupper() else b) + name[i + len(a):]
-    for a, b in (("l_", "r_"), ("r_", "l_")):
-        if lowered.startswith(a):
-            return b + name[len(a):]
-    return None
-
-
 def infer_layout(coco: Mapping[str, Any], name: str | None = None) -> dict:
     """Keypoint layout of a COCO keypoint json, from its categories' ``keypoints`` names.
 
@@ -300,16 +281,10 @@ def infer_layout(coco: Mapping[str, Any], name: str | None = None) -> dict:
     if not categories:
         raise ValueError("the json has no category with a 'keypoints' list: pass the layout explicitly")
     names = list(categories[0]["keypoints"])
-    for info in KEYPOINT_DATASETS.values():
-        if len(names) == info["num_keypoints"] and _names_match(names, info):
-            return get_dataset_info(info["name"])
-    index = {n: i for i, n in enumerate(names)}
-    flips = []
-    for i, n in enumerate(names):
-        partner = _mirror_name(n)
-        j = index.get(partner) if partner is not None else None
-        if j is not None and i < j:
-            flips.append([i, j])
+    builtin = match_builtin_dataset(names)
+    if builtin is not None:
+        return get_dataset_info(builtin)
+    flips = infer_flip_pairs(names)
     skeleton = []
     for link in categories[0].get("skeleton") or []:
         a, b = int(link[0]) - 1, int(link[1]) - 1

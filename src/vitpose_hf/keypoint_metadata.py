@@ -15,24 +15,31 @@ Every info dict is plain JSON (it is stored in ``config.json``) with the keys
 - ``parts``: optional dict part name -> [start, end) index range
 - ``num_keypoints``: int K (filled by :func:`validate_dataset_info`)
 
-The facts (keypoint order, pairs, links, sigmas, upper/lower split) follow the dataset
-definitions used by mmpose 1.x and the datasets' own annotation files.
+The facts (keypoint order, pairs, links, sigmas, upper/lower split) follow the official ViTPose
+dataset configs (``configs/_base_/datasets/*.py``) and the datasets' own annotation files;
+``tests/test_metadata_sources.py`` pins them to the official values.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
+import re
 from typing import Any
 
 __all__ = [
-    "VITPOSE_PLUS_DATASETS",
     "KEYPOINT_DATASETS",
-    "get_dataset_info",
-    "validate_dataset_info",
+    "VITPOSE_PLUS_DATASETS",
+    "builtin_dataset_name",
     "flip_indices",
+    "get_dataset_info",
+    "infer_flip_pairs",
     "list_datasets",
+    "match_builtin_dataset",
+    "normalize_keypoint_name",
+    "validate_dataset_info",
 ]
 
 # Order of the ViTPose++ expert heads (and MoE expert indices).
@@ -73,7 +80,7 @@ _COCO_SIGMAS = [
     0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
     0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
 ]
-_COCO_UPPER = list(range(0, 11))
+_COCO_UPPER = list(range(11))
 _COCO_LOWER = list(range(11, 17))
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +106,8 @@ _AIC_SIGMAS = [
 ]
 
 # --------------------------------------------------------------------------------------------
-# MPII (16): evaluated with PCKh, so it has no OKS sigmas of its own.
+# MPII (16): evaluated with PCKh. The official mpii_info.py lists sigmas "adapted from COCO" that no official
+# evaluation uses; none are kept here, so OKS AP is not silently computed for MPII.
 # --------------------------------------------------------------------------------------------
 _MPII_NAMES = [
     "right_ankle", "right_knee", "right_hip",
@@ -132,11 +140,10 @@ _AP10K_SKELETON = _pairs(
     (3, 5), (5, 6), (6, 7), (3, 8), (8, 9), (9, 10),
     (4, 11), (11, 12), (12, 13), (4, 14), (14, 15), (15, 16),
 )
-# Not mirror-symmetric (e.g. left_front_paw 0.072 vs right_front_paw 0.062): kept as defined
-# by the reference evaluation so OKS numbers match.
+# As in the official ViTPose configs/_base_/datasets/ap10k.py, in AP-10K keypoint order (not COCO's).
 _AP10K_SIGMAS = [
-    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079,
+    0.072, 0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
 ]
 # The reference definition tags right_front_paw (10) as lower body; kept for parity.
 _AP10K_UPPER = [0, 1, 2, 3, 5, 6, 7, 8, 9]
@@ -212,11 +219,12 @@ def _build_wholebody() -> dict[str, Any]:
     # Each ankle to its big toe, small toe and heel.
     for ankle, start in ((15, foot0), (16, foot0 + 3)):
         skeleton += [[ankle, start + i] for i in range(3)]
-    # Hands hang off the body wrists: wrist -> finger1 -> ... -> finger4, five fingers.
-    for wrist, start in ((9, lh0), (10, rh0)):
+    # Each hand fans out from its own hand_root (91 / 112): root -> finger1 -> ... -> finger4, five fingers.
+    # As in the official skeleton, no link joins a hand root to the body wrist.
+    for root in (lh0, rh0):
         for finger in range(5):
-            chain = [wrist] + [start + 1 + 4 * finger + j for j in range(4)]
-            skeleton += [[a, b] for a, b in zip(chain[:-1], chain[1:])]
+            chain = [root] + [root + 1 + 4 * finger + j for j in range(4)]
+            skeleton += [[a, b] for a, b in itertools.pairwise(chain)]
     sigmas = list(_COCO_SIGMAS) + [
         # foot
         0.068, 0.066, 0.066, 0.092, 0.094, 0.094,
@@ -425,7 +433,7 @@ def validate_dataset_info(info: dict) -> dict:
                 )
             clean_parts[part] = [int(rng[0]), int(rng[1])]
         ordered = sorted(clean_parts.items(), key=lambda kv: kv[1][0])
-        for (p1, r1), (p2, r2) in zip(ordered[:-1], ordered[1:]):
+        for (p1, r1), (p2, r2) in itertools.pairwise(ordered):
             if r2[0] < r1[1]:
                 raise ValueError(f"{name}: parts {p1!r} {r1} and {p2!r} {r2} overlap")
         out["parts"] = clean_parts
@@ -455,7 +463,7 @@ KEYPOINT_DATASETS: dict[str, dict] = {
         _info("aic", _AIC_NAMES, _AIC_FLIP, _AIC_SKELETON, _AIC_SIGMAS,
               [0, 1, 2, 3, 4, 5, 12, 13], list(range(6, 12)), _PERSON, False),
         _info("mpii", _MPII_NAMES, _MPII_FLIP, _MPII_SKELETON, None,
-              list(range(7, 16)), list(range(0, 7)), _PERSON, True),
+              list(range(7, 16)), list(range(7)), _PERSON, True),
         _info("ap10k", _AP10K_NAMES, _AP10K_FLIP, _AP10K_SKELETON, _AP10K_SIGMAS,
               _AP10K_UPPER, _AP10K_LOWER, _COCO_ANIMALS, False),
         _info("apt36k", _AP10K_NAMES, _AP10K_FLIP, _AP10K_SKELETON, _AP10K_SIGMAS,
@@ -484,7 +492,8 @@ _ALIASES = {
 }
 
 
-def _canonical(name: str) -> str | None:
+def builtin_dataset_name(name: str) -> str | None:
+    """The built-in dataset a name or alias means (any case, ``-``/``_``/spaces ignored), or None."""
     key = "".join(ch for ch in name.strip().lower() if ch not in "-_ ")
     return _ALIASES.get(key)
 
@@ -500,7 +509,7 @@ def get_dataset_info(dataset: str | dict) -> dict:
         return validate_dataset_info(dataset)
     if not isinstance(dataset, str):
         raise TypeError(f"dataset must be a name or an info dict, got {type(dataset).__name__}")
-    canonical = _canonical(dataset)
+    canonical = builtin_dataset_name(dataset)
     if canonical is None:
         raise ValueError(
             f"unknown keypoint dataset {dataset!r}; known datasets: {', '.join(list_datasets())} "
@@ -520,3 +529,55 @@ def flip_indices(info: dict) -> list[int]:
     for a, b in info["flip_pairs"]:
         perm[a], perm[b] = b, a
     return perm
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts from keypoint names alone (checkpoints that carry only names, e.g. transformers' id2label)
+# --------------------------------------------------------------------------------------------
+_WORD_SPLITS = (re.compile(r"([a-z0-9])([A-Z])"), re.compile(r"([A-Z])([A-Z][a-z])"))
+# Single-letter words of the common spellings: L_Eye, R_F_Paw (right front paw), L_B_Paw ...
+_SHORT_WORDS = {"l": "left", "r": "right", "f": "front", "b": "back"}
+_MIRROR_WORDS = {"left": "right", "right": "left"}
+
+
+def _words(name: str) -> list[str]:
+    for pattern in _WORD_SPLITS:  # camelCase and "RShoulder" into words
+        name = pattern.sub(r"\1_\2", name)
+    return [_SHORT_WORDS.get(w, w) for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+
+
+def normalize_keypoint_name(name: str) -> str:
+    """Spelling-free form of a keypoint name: lower-case words joined by ``_``, with ``L``/``R``/``F``/``B``
+    spelled out. ``"L_Eye"``, ``"LeftEye"`` and ``"left eye"`` all give ``"left_eye"``."""
+    return "_".join(_words(name))
+
+
+def match_builtin_dataset(keypoint_names: list[str]) -> str | None:
+    """Name of the first built-in dataset whose keypoints are ``keypoint_names`` in order (any spelling), or None.
+
+    COCO and OCHuman share their names (as do AP-10K and APT-36K); the first in registry order wins.
+    """
+    wanted = [normalize_keypoint_name(n) for n in keypoint_names]
+    for name, info in KEYPOINT_DATASETS.items():
+        if [normalize_keypoint_name(n) for n in info["keypoint_names"]] == wanted:
+            return name
+    return None
+
+
+def infer_flip_pairs(keypoint_names: list[str]) -> list[list[int]]:
+    """Mirror pairs found from the names: a name with the word left/right (or L/R) and its partner with the
+    other side, e.g. ``left_eye``/``right_eye``, ``L_F_Paw``/``R_F_Paw``, ``wing_l``/``wing_r``.
+
+    Names that appear twice after normalising pair with nothing. Returns ``[a, b]`` pairs with ``a < b``.
+    """
+    words = [_words(n) for n in keypoint_names]
+    keys = ["_".join(w) for w in words]
+    index = {key: i for i, key in enumerate(keys) if keys.count(key) == 1}
+    pairs = []
+    for i, w in enumerate(words):
+        if not any(x in _MIRROR_WORDS for x in w):
+            continue
+        j = index.get("_".join(_MIRROR_WORDS.get(x, x) for x in w))
+        if j is not None and i < j and keys[i] in index:
+            pairs.append([i, j])
+    return pairs

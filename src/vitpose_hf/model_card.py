@@ -14,9 +14,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_vitpose_hf import ViTPoseConfig
+from .configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig, preset_size_key
 
-__all__ = ["build_model_card", "is_hub_id", "describe_size", "CITATION"]
+__all__ = ["CITATION", "build_model_card", "describe_size", "is_hub_id"]
 
 CITATION = """@inproceedings{xu2022vitpose,
   title     = {{ViTPose}: Simple Vision Transformer Baselines for Human Pose Estimation},
@@ -31,7 +31,6 @@ CITATION = """@inproceedings{xu2022vitpose,
   year    = {2023}
 }"""
 
-_SIZE_NAMES = {(384, 12): "ViTPose-S", (768, 12): "ViTPose-B", (1024, 24): "ViTPose-L", (1280, 32): "ViTPose-H"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _METRIC_NAMES = {"AP": "AP (OKS)", "AP50": "AP@0.5 (OKS)", "AP75": "AP@0.75 (OKS)", "AR": "AR (OKS)", "loss": "validation loss"}
 
@@ -43,10 +42,10 @@ def is_hub_id(value: str | None) -> bool:
 
 def describe_size(config: ViTPoseConfig) -> str:
     """``"ViTPose-B"``, ``"ViTPose++-B"`` or ``"ViT (hidden 32, 2 layers)"`` for other shapes."""
-    name = _SIZE_NAMES.get((config.hidden_size, config.num_hidden_layers))
-    if name is None:
+    size = preset_size_key(config.hidden_size, config.num_hidden_layers)
+    if size is None:
         return f"ViT (hidden {config.hidden_size}, {config.num_hidden_layers} layers)"
-    return name.replace("ViTPose", "ViTPose++") if config.num_experts > 1 else name
+    return PRESET_SIZES[size].name(plus=config.num_experts > 1)
 
 
 def _fmt(value: Any) -> str:
@@ -142,8 +141,10 @@ def build_model_card(
         "poses = processor.post_process_pose_estimation(outputs, crop_metadata=inputs)",
         "```",
         "",
-        "The checkpoint also loads with plain transformers: `AutoModelForPoseEstimation.from_pretrained(..., "
-        "trust_remote_code=True)`.",
+        (
+            "The checkpoint also loads with plain transformers: `AutoModelForPoseEstimation.from_pretrained(..., "
+            "trust_remote_code=True)`."
+        ),
         "",
     ]
     if metrics:

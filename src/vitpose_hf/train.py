@@ -45,7 +45,7 @@ from .augment import (
     TopDownSource,
     TopDownTransform,
 )
-from .configuration_vitpose_hf import LAYER_DECAY, ViTPoseConfig
+from .configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
 from .conversion import adapt_model, load_vit_backbone
 from .geometry import PIXEL_STD
 from .hub_dataset import (
@@ -88,7 +88,7 @@ __all__ = [
 
 logger = logging.getLogger("vitpose_hf.train")
 
-SIZES: dict[tuple[int, int], str] = {(384, 12): "s", (768, 12): "b", (1024, 24): "l", (1280, 32): "h"}
+SIZES: dict[tuple[int, int], str] = {(p.hidden_size, p.num_hidden_layers): k for k, p in PRESET_SIZES.items()}
 CHECKPOINT_DIR = "checkpoints"
 # what --push_to_hub leaves out of the output folder
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gitignore"]
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model (one of --model_name_or_path, --model_size, --config_name)")
     m.add_argument("--model_name_or_path",
                    help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune")
-    m.add_argument("--model_size", choices=["s", "b", "l", "h"],
+    m.add_argument("--model_size", choices=list(PRESET_SIZES),
                    help="build ViTPose-S/B/L/H from scratch (see --init_from)")
     m.add_argument("--init_from", help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE "
                    ".pth / .safetensors file, converted into the backbone (position embedding interpolated)")
