@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import VitPoseForPoseEstimation as HFVitPose
 
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
-from vitpose_hf.convert import export_transformers
+from vitpose_hf.cli.convert import export_transformers
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 

@@ -1,4 +1,4 @@
-"""Training throughput of the real training loop (`vitpose_hf.train`), and how much of it is spent waiting for data.
+"""Training throughput of the real training loop (`vitpose_hf.training.train`), and how much of it is spent waiting for data.
 
     python benchmarks/bench_training.py                       # ViTPose-S, CPU (and ViTPose-B bf16 when CUDA is there)
     python benchmarks/bench_training.py --steps 8 --batch 8 --workers 2 --skip-gpu
@@ -23,9 +23,9 @@ from pathlib import Path
 import datasets
 import torch
 
-from vitpose_hf import train as train_module
-from vitpose_hf.augment import AugmentConfig, InstanceTable, TopDownDataset, TopDownSource, TopDownTransform
-from vitpose_hf.hub_dataset import explode_instances, write_layout
+from vitpose_hf.training import train as train_module
+from vitpose_hf.data.transforms import AugmentConfig, InstanceTable, TopDownDataset, TopDownSource, TopDownTransform
+from vitpose_hf.data.hub_dataset import explode_instances, write_layout
 from vitpose_hf.testing import synthetic_keypoint_dataset
 from vitpose_hf.keypoint_metadata import get_dataset_info
 

@@ -11,7 +11,7 @@ Example:
 
 import sys
 
-from vitpose_hf.hub_dataset import main
+from vitpose_hf.data.hub_dataset import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ Example:
 import argparse
 import sys
 
-from vitpose_hf import evaluate_cli
+from vitpose_hf.cli import evaluate as evaluate_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ Examples (see docs/training.md):
 
 import sys
 
-from vitpose_hf.train import main
+from vitpose_hf.training.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEst
 
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
 from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
-from vitpose_hf.convert import convert, convert_official
+from vitpose_hf.cli.convert import convert, convert_official
 
 X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
@@ -106,7 +106,7 @@ def test_convert_cli_writes_loadable_folder(tmp_path):
     sd = official_state_dict(**OFFICIAL_CASES["vitpose-plus"])
     torch.save({"state_dict": sd}, tmp_path / "plus.pth")
     out = subprocess.run(
-        [sys.executable, "-m", "vitpose_hf.convert", str(tmp_path / "plus.pth"), str(tmp_path / "out"), "--num-attention-heads", "4"],
+        [sys.executable, "-m", "vitpose_hf.cli.convert", str(tmp_path / "plus.pth"), str(tmp_path / "out"), "--num-attention-heads", "4"],
         capture_output=True, text=True, check=True,
     )
     assert "6 expert(s)" in out.stdout

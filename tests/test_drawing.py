@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from vitpose_hf.drawing import PALETTES, draw, keypoint_groups
+from vitpose_hf.inference.drawing import PALETTES, draw, keypoint_groups
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
 COCO = get_dataset_info("coco")

@@ -208,7 +208,7 @@ def test_residual_stream_stays_fp32_under_autocast():
 def test_bf16_error_is_no_worse_than_transformers_with_the_same_weights(tmp_path):
     from transformers import VitPoseForPoseEstimation as HFVitPose
 
-    from vitpose_hf.convert import export_transformers
+    from vitpose_hf.cli.convert import export_transformers
 
     torch.manual_seed(0)
     ours = perturbed(ViTPoseForPoseEstimation(tiny_config(hidden_size=64, num_hidden_layers=4)))

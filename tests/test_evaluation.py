@@ -1,4 +1,4 @@
-"""vitpose_hf.evaluation against pycocotools / xtcocotools run directly, and hand-computed PCKh / PCK."""
+"""vitpose_hf.evaluation.metrics against pycocotools / xtcocotools run directly, and hand-computed PCKh / PCK."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitpose_hf.evaluation import (
+from vitpose_hf.evaluation.metrics import (
     COCO_METRIC_NAMES,
     CROWDPOSE_METRIC_NAMES,
     METRIC_PATH,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_hf import hub_dataset
-from vitpose_hf.augment import AugmentConfig, StreamSource, StreamingTopDownDataset, TopDownCollator, TopDownTransform
-from vitpose_hf.hub_dataset import (
+from vitpose_hf.data import hub_dataset as hub_dataset
+from vitpose_hf.data.transforms import AugmentConfig, StreamSource, StreamingTopDownDataset, TopDownCollator, TopDownTransform
+from vitpose_hf.data.hub_dataset import (
     coco_to_dataset,
     explode_instances,
     infer_layout,

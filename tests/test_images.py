@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vitpose_hf import boxes, images
-from vitpose_hf.drawing import draw
+from vitpose_hf.inference.drawing import draw
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vitpose_hf"
 PHOTO = "mmpose/coco/000000000785.jpg"

@@ -256,9 +256,9 @@ def test_preset_readers_are_wired_to_the_table(monkeypatch):
     """Wiring test: presets, conversion, training and the model card all read PRESET_SIZES."""
     import dataclasses
 
-    from vitpose_hf import train
+    from vitpose_hf.training import train as train
     from vitpose_hf.configuration_vitpose_hf import HEADS_BY_WIDTH
-    from vitpose_hf.model_card import describe_size
+    from vitpose_hf.training.model_card import describe_size
 
     for key, p in PRESET_SIZES.items():
         config = ViTPoseConfig.from_preset(f"vitpose-plus-{key}")

@@ -16,10 +16,10 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorP
 
 from helpers import tiny_config, tiny_plus_config
 from vitpose_hf import ViTPoseForPoseEstimation
-from vitpose_hf.detection import ObjectDetector
-from vitpose_hf.hub import HubUnreachableError
+from vitpose_hf.inference.detection import ObjectDetector
+from vitpose_hf.inference.hub import HubUnreachableError
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
-from vitpose_hf.pipeline import (
+from vitpose_hf.inference.pipeline import (
     DEFAULT_MODEL,
     TASK,
     PoseEstimationPipeline,
@@ -432,7 +432,7 @@ def test_empty_box_lists_give_no_people(pipe, coco):
 def test_whole_image_box_without_detector_is_logged(pose_dir, coco, caplog):
     paths, _ = coco
     fresh = pipeline(str(pose_dir), device="cpu")
-    with caplog.at_level(logging.WARNING, logger="vitpose_hf.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_hf.inference.pipeline"):
         results = fresh(paths[:2])
         fresh(paths[:1])
     warnings = [r for r in caplog.records if "whole image" in r.getMessage()]
@@ -625,7 +625,7 @@ def test_hub_load_turns_huggingface_hub_connection_errors_into_the_clear_error(m
     re-raises it) gives HubUnreachableError; other load errors (a missing repo, a bad file) pass through unchanged."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from vitpose_hf import hub
+    from vitpose_hf.inference import hub as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

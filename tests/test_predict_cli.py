@@ -14,7 +14,7 @@ from test_pipeline import tiny_detector, tiny_pose_model  # tiny checkpoint buil
 from vitpose_hf.cli import main
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import get_dataset_info
-from vitpose_hf.predict import SAMPLE_IMAGE
+from vitpose_hf.cli.predict import SAMPLE_IMAGE
 
 COCO_SKELETON = get_dataset_info("coco")["skeleton"]
 

@@ -25,11 +25,11 @@ import torch
 from safetensors.torch import load_file
 
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
-from vitpose_hf import train as train_module
-from vitpose_hf.augment import AugmentConfig, MixedDatasetSampler, TopDownCollator, TopDownDataset, TopDownSource, TopDownTransform, InstanceTable
+from vitpose_hf.training import train as train_module
+from vitpose_hf.data.transforms import AugmentConfig, MixedDatasetSampler, TopDownCollator, TopDownDataset, TopDownSource, TopDownTransform, InstanceTable
 from vitpose_hf.conversion import adapt_model, convert_vit_state_dict, load_vit_backbone
 from vitpose_hf.geometry import warp_matrix
-from vitpose_hf.hub_dataset import explode_instances, write_layout
+from vitpose_hf.data.hub_dataset import explode_instances, write_layout
 from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, synthetic_keypoint_dataset
 from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
 
@@ -361,7 +361,7 @@ def test_synthetic_figures_training_beats_the_untrained_model(figure_data, tmp_p
 
 
 def test_overfitting_real_coco_instances_lowers_the_loss_10x(shared_data, tmp_path):
-    from vitpose_hf import hub_dataset
+    from vitpose_hf.data import hub_dataset as hub_dataset
 
     hub = tmp_path / "coco"
     assert hub_dataset.main(["--annotations", str(shared_data / "mmpose" / "coco" / "test_coco.json"), "--output", str(hub),

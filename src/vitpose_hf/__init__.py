@@ -12,8 +12,8 @@ from transformers import (
 )
 
 from .configuration_vitpose_hf import ViTPoseConfig
-from .detection import ObjectDetector
-from .drawing import draw
+from .inference.detection import ObjectDetector
+from .inference.drawing import draw
 from .image_processing_vitpose_hf import ViTPoseImageProcessor
 from .keypoint_metadata import KEYPOINT_DATASETS, VITPOSE_PLUS_DATASETS, get_dataset_info, list_datasets
 from .modeling_vitpose_hf import (
@@ -24,7 +24,7 @@ from .modeling_vitpose_hf import (
     ViTPosePreTrainedModel,
 )
 
-from .pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
+from .inference.pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
 
 __version__ = "0.1.0"
 

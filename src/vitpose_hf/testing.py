@@ -1,7 +1,7 @@
 """Synthetic keypoint data for tests, benchmarks and CI without downloads (not used by the library itself).
 
 `synthetic_keypoint_dataset` draws figures with known keypoints into images, in the Hub schema of
-:func:`vitpose_hf.hub_dataset.keypoint_features`, so that training and evaluation can run end to end offline.
+:func:`vitpose_hf.data.hub_dataset.keypoint_features`, so that training and evaluation can run end to end offline.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .hub_dataset import keypoint_features
+from vitpose_hf.data.hub_dataset import keypoint_features
 from .keypoint_metadata import get_dataset_info
 
 __all__ = ["SYNTHETIC_FIGURE_LAYOUT", "figure_template", "synthetic_keypoint_dataset"]

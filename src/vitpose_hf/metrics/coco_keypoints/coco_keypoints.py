@@ -1,7 +1,7 @@
 """COCO OKS keypoint AP/AR as an `evaluate` metric (ships with vitpose-hf).
 
-Load it offline with ``evaluate.load(vitpose_hf.evaluation.METRIC_PATH)``. The numbers come from
-``vitpose_hf.evaluation.coco_keypoint_metrics`` (pycocotools COCOeval; xtcocotools for CrowdPose).
+Load it offline with ``evaluate.load(vitpose_hf.evaluation.metrics.METRIC_PATH)``. The numbers come from
+``vitpose_hf.evaluation.metrics.coco_keypoint_metrics`` (pycocotools COCOeval; xtcocotools for CrowdPose).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from vitpose_hf.evaluation import coco_keypoint_metrics, per_image_to_coco
+from vitpose_hf.evaluation.metrics import coco_keypoint_metrics, per_image_to_coco
 
 _DESCRIPTION = """\
 COCO keypoint evaluation: average precision and recall over object keypoint similarity (OKS) thresholds

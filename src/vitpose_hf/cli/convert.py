@@ -1,4 +1,4 @@
-"""Convert checkpoints: `python -m vitpose_hf.convert SRC DST` (also `vitpose-hf convert`).
+"""Convert checkpoints: `python -m vitpose_hf.cli.convert SRC DST` (also `vitpose-hf convert`).
 
 SRC is detected automatically:
 - an official mmpose `.pth` (a dict with `state_dict`, or a bare state dict): ViTPose S/B/L/H classic or
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .configuration_vitpose_hf import ViTPoseConfig
-from .conversion import (
+from vitpose_hf.configuration_vitpose_hf import ViTPoseConfig
+from vitpose_hf.conversion import (
     convert_official_state_dict,
     infer_official_config,
     is_transformers_vitpose,
@@ -27,7 +27,7 @@ from .conversion import (
     ours_to_transformers,
     read_config_dict,
 )
-from .modeling_vitpose_hf import ViTPoseForPoseEstimation
+from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
 PRESET_ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "drop_path_rate", "decoder", "num_experts", "part_features")
 
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitpose_hf.convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vitpose_hf.cli.convert", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .codecs import MSRAHeatmap, UDPHeatmap
-from .geometry import BOX_PADDING
-from .hub_dataset import check_instance, format_counts
-from .image_processing_vitpose_hf import ViTPoseImageProcessor
-from .images import to_rgb_array
-from .keypoint_metadata import flip_indices, get_dataset_info
+from vitpose_hf.codecs import MSRAHeatmap, UDPHeatmap
+from vitpose_hf.geometry import BOX_PADDING
+from vitpose_hf.data.hub_dataset import check_instance, format_counts
+from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+from vitpose_hf.images import to_rgb_array
+from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
 
 __all__ = [
     "AugmentConfig",

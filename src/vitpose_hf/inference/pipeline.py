@@ -1,7 +1,7 @@
 """The ``pose-estimation`` pipeline: images in, people with named keypoints out, in one call.
 
     >>> import vitpose_hf
-    >>> pose = vitpose_hf.pipeline("usyd-community/vitpose-base-simple")
+    >>> pose = vitpose_hf.inference.pipeline("usyd-community/vitpose-base-simple")
     >>> people = pose("photo.jpg", boxes=[[412.8, 157.6, 53.1, 138.0]], box_format="xywh")
     >>> people[0]["keypoints"][0]
     {'name': 'nose', 'x': 398.1, 'y': 181.8, 'score': 0.87}
@@ -13,7 +13,7 @@ Where the boxes come from, in order:
 
 1. ``boxes=`` given to the call: one list of boxes per image (``box_format`` ``"xywh"``, the default, or ``"xyxy"``).
 2. the ``detector`` given when the pipeline was built (any transformers object-detection model: see
-   :mod:`vitpose_hf.detection`), keeping the dataset's detector classes (``person``, or the animal classes for
+   :mod:`vitpose_hf.inference.detection`), keeping the dataset's detector classes (``person``, or the animal classes for
    AP-10K / APT-36K) that score at least ``detector_threshold``;
 3. otherwise the whole image is one box. This is right for a photo of one person, and a warning is logged once.
 
@@ -43,12 +43,12 @@ import torch
 from transformers import Pipeline
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .boxes import boxes_per_image, check_box_format, convert_boxes, split_per_image
-from .detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
-from .hub import hub_file, hub_load, resolve_dtype
-from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
-from .images import image_size, is_batch, load_image
-from .modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
+from vitpose_hf.boxes import boxes_per_image, check_box_format, convert_boxes, split_per_image
+from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
+from vitpose_hf.inference.hub import hub_file, hub_load, resolve_dtype
+from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
+from vitpose_hf.images import image_size, is_batch, load_image
+from vitpose_hf.modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -204,7 +204,7 @@ def _concat_outputs(outputs: list[ViTPoseEstimatorOutput]) -> ViTPoseEstimatorOu
 class PoseEstimationPipeline(Pipeline):
     """Top-down pose estimation with a ViTPose / ViTPose++ model (task ``"pose-estimation"``).
 
-    Build it with :func:`vitpose_hf.pipeline` or ``transformers.pipeline("pose-estimation", model=...)``.
+    Build it with :func:`vitpose_hf.inference.pipeline` or ``transformers.pipeline("pose-estimation", model=...)``.
 
     Args:
         model: a :class:`ViTPoseForPoseEstimation` (ours or a converted transformers ``vitpose`` checkpoint).
@@ -212,7 +212,7 @@ class PoseEstimationPipeline(Pipeline):
             model config.
         detector: finds the boxes when a call gives none: a Hub name or folder of any transformers
             object-detection model, a model instance, an object-detection pipeline, an :class:`ObjectDetector` or
-            a callable (see :mod:`vitpose_hf.detection`). ``None``: the whole image is one box.
+            a callable (see :mod:`vitpose_hf.inference.detection`). ``None``: the whole image is one box.
         detector_kwargs: passed to the detector's ``from_pretrained``.
         device: where the model (and detector) run; default: the first GPU if any, else the CPU.
         torch_dtype (or dtype): ``torch.bfloat16`` / ``"bf16"`` / ``torch.float16`` / ``"fp16"`` to run the pose
@@ -494,7 +494,7 @@ def pipeline(
     Args:
         model: Hub name or local folder of a ViTPose checkpoint (ours or transformers' ``vitpose``), or a model.
             Default: ``usyd-community/vitpose-base-simple``. A Hub name that is neither cached nor downloadable
-            raises :class:`vitpose_hf.hub.HubUnreachableError`, which says how to pass a local folder.
+            raises :class:`vitpose_hf.inference.hub.HubUnreachableError`, which says how to pass a local folder.
         detector: see :class:`PoseEstimationPipeline`; ``None`` uses given boxes or the whole image.
         dataset: default head for ViTPose++ checkpoints.
         device: ``"cuda"``, ``"cpu"``, ``0``, ... (default: first GPU if any).

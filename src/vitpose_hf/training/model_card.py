@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig, preset_size_key
+from vitpose_hf.configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig, preset_size_key
 
 __all__ = ["CITATION", "build_model_card", "describe_size", "is_hub_id"]
 

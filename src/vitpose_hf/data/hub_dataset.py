@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import clip_box_to_image
-from .images import read_image_size
-from .keypoint_metadata import get_dataset_info, infer_flip_pairs, match_builtin_dataset
+from vitpose_hf.boxes import clip_box_to_image
+from vitpose_hf.images import read_image_size
+from vitpose_hf.keypoint_metadata import get_dataset_info, infer_flip_pairs, match_builtin_dataset
 
 __all__ = [
     "BAD_STATUSES",

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .boxes import BOX_FORMATS, convert_boxes, validate_boxes
+from vitpose_hf.boxes import BOX_FORMATS, convert_boxes, validate_boxes
 
 __all__ = ["SAMPLE_IMAGE", "BoxTable", "add_arguments", "load_boxes_file", "run"]
 
-SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 DEFAULT_OUT = "vitpose-hf-output"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -62,7 +62,7 @@ class InputError(ValueError):
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_MODEL
+    from vitpose_hf.inference.pipeline import DEFAULT_MODEL
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "Without IMAGE_OR_DIR the bundled sample photo is used (scikit-image's public-domain astronaut)."
@@ -242,7 +242,7 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path, Path]]:
 
 
 def _read_image(path: Path) -> Any:
-    from .images import load_image
+    from vitpose_hf.images import load_image
 
     try:
         return load_image(path)
@@ -350,8 +350,8 @@ def _predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .drawing import draw
-    from .pipeline import PoseEstimationPipeline, load_pose_model
+    from vitpose_hf.inference.drawing import draw
+    from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
 
     inputs = list(args.inputs)
     if args.sample or not inputs:
@@ -458,7 +458,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _size_of(image: Any) -> tuple[int, int]:
-    from .images import image_size
+    from vitpose_hf.images import image_size
 
     height, width = image_size(image)
     return width, height
@@ -466,7 +466,7 @@ def _size_of(image: Any) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vitpose-hf predict``; bad inputs and an unreachable Hub print one error line and return non-zero."""
-    from .hub import HubUnreachableError
+    from vitpose_hf.inference.hub import HubUnreachableError
 
     try:
         return _predict(args)

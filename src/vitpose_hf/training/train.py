@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import (
+from vitpose_hf.data.transforms import (
     AugmentConfig,
     InstanceTable,
     MixedDatasetSampler,
@@ -45,10 +45,10 @@ from .augment import (
     TopDownSource,
     TopDownTransform,
 )
-from .configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
-from .conversion import adapt_model, load_vit_backbone
-from .geometry import PIXEL_STD
-from .hub_dataset import (
+from vitpose_hf.configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
+from vitpose_hf.conversion import adapt_model, load_vit_backbone
+from vitpose_hf.geometry import PIXEL_STD
+from vitpose_hf.data.hub_dataset import (
     BAD_STATUSES,
     check_instance,
     explode_instances,
@@ -57,9 +57,9 @@ from .hub_dataset import (
     load_image_split,
     read_layout,
 )
-from .image_processing_vitpose_hf import ViTPoseImageProcessor
-from .keypoint_metadata import KEYPOINT_DATASETS
-from .modeling_vitpose_hf import ViTPoseForPoseEstimation
+from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+from vitpose_hf.keypoint_metadata import KEYPOINT_DATASETS
+from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
 __all__ = [
     "HUB_IGNORE_PATTERNS",
@@ -86,7 +86,7 @@ __all__ = [
     "train_step",
 ]
 
-logger = logging.getLogger("vitpose_hf.train")
+logger = logging.getLogger("vitpose_hf.training.train")
 
 SIZES: dict[tuple[int, int], str] = {(p.hidden_size, p.num_hidden_layers): k for k, p in PRESET_SIZES.items()}
 CHECKPOINT_DIR = "checkpoints"
@@ -525,7 +525,7 @@ def evaluate(
             ]
             if es.layout.get("sigmas"):
                 try:
-                    from .evaluation import evaluate_top_down
+                    from vitpose_hf.evaluation.metrics import evaluate_top_down
 
                     metrics.update(evaluate_top_down(es.ground_truth, poses, es.layout))
                 except ImportError as exc:  # pycocotools missing: validation loss only
@@ -622,7 +622,7 @@ def save_model_folder(
     dataset_ids: Mapping[str, str], base_model: str | None, training: Mapping[str, Any], notes: Sequence[str] = (),
 ) -> None:
     """``save_pretrained`` (safetensors) + processor config + model card, into ``folder``."""
-    from .model_card import build_model_card
+    from vitpose_hf.training.model_card import build_model_card
 
     model.save_pretrained(folder, safe_serialization=True)
     make_processor(model.config).save_pretrained(folder)

@@ -10,7 +10,7 @@ list per image and ``box`` as ``[x1, y1, x2, y2]`` or the object-detection pipel
 ``{"xmin", "ymin", "xmax", "ymax"}`` dict, in pixels.
 
 Boxes come out in ``"xyxy"`` pixels of the input image. With no detector at all the pose pipeline uses the whole
-image as one box (see :mod:`vitpose_hf.pipeline`).
+image as one box (see :mod:`vitpose_hf.inference.pipeline`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boxes import detector_box
-from .hub import hub_load
-from .images import to_pil
+from vitpose_hf.boxes import detector_box
+from vitpose_hf.inference.hub import hub_load
+from vitpose_hf.images import to_pil
 
 __all__ = ["Detections", "ObjectDetector", "load_detector"]
 

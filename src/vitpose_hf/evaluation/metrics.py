@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import convert_boxes
-from .keypoint_metadata import get_dataset_info
+from vitpose_hf.boxes import convert_boxes
+from vitpose_hf.keypoint_metadata import get_dataset_info
 
 __all__ = [
     "METRIC_PATH",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 # Folder of the `evaluate` metric module: `evaluate.load(METRIC_PATH)`.
-METRIC_PATH: str = str(Path(__file__).resolve().parent / "metrics" / "coco_keypoints")
+METRIC_PATH: str = str(Path(__file__).resolve().parents[1] / "metrics" / "coco_keypoints")
 
 COCO_METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")

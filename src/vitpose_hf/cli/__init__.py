@@ -12,11 +12,11 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("vitpose_hf.predict", "estimate poses on images, folders of frames or videos"),
-    "eval": ("vitpose_hf.evaluate_cli", "evaluate a model on a COCO-format or Hub dataset"),
-    "train": ("vitpose_hf.train", "train or fine-tune with Accelerate"),
-    "convert": ("vitpose_hf.convert", "convert official .pth or transformers checkpoints"),
-    "convert-dataset": ("vitpose_hf.hub_dataset", "turn a COCO keypoint json and images into a Hub dataset"),
+    "predict": ("vitpose_hf.cli.predict", "estimate poses on images, folders of frames or videos"),
+    "eval": ("vitpose_hf.cli.evaluate", "evaluate a model on a COCO-format or Hub dataset"),
+    "train": ("vitpose_hf.training.train", "train or fine-tune with Accelerate"),
+    "convert": ("vitpose_hf.cli.convert", "convert official .pth or transformers checkpoints"),
+    "convert-dataset": ("vitpose_hf.data.hub_dataset", "turn a COCO keypoint json and images into a Hub dataset"),
 }
 
 

@@ -4,7 +4,7 @@ Data: a COCO-format keypoint json with its image folder, or a Hub ``datasets`` s
 (columns ``image``, ``image_id``, ``width``, ``height``, ``objects`` = list of ``{id, bbox (xywh), keypoints
 (K x 3), iscrowd, area}``). Person boxes: the ground-truth boxes, or detections from ``--bbox-file`` (COCO
 results json). Each pose is rescored (box score x mean keypoint score above 0.2), OKS-NMS'ed at 0.9 per image,
-exported as COCO results and scored with :func:`vitpose_hf.evaluation.coco_keypoint_metrics`.
+exported as COCO results and scored with :func:`vitpose_hf.evaluation.metrics.coco_keypoint_metrics`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class _Item:
 
 
 def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
-    from .images import load_image
+    from vitpose_hf.images import load_image
 
     path = Path(args.annotations)
     if not path.is_file():
@@ -154,7 +154,7 @@ def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
 def _gt_boxes(gt: dict[str, Any], items: list[_Item]) -> None:
     """Ground-truth person boxes, selected and clipped to the image as the official top-down datasets do:
     no crowd regions, no instances without labelled keypoints, boxes of positive size only; box score 1."""
-    from .boxes import clip_box_to_image
+    from vitpose_hf.boxes import clip_box_to_image
 
     by_id = {item.image_id: item for item in items}
     sizes = {img["id"]: (img.get("width"), img.get("height")) for img in gt["images"]}
@@ -251,8 +251,8 @@ def _device(name: str) -> Any:
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], int, Any, Any]:
     import torch
 
-    from .image_processing_vitpose_hf import ViTPoseImageProcessor
-    from .modeling_vitpose_hf import ViTPoseForPoseEstimation
+    from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+    from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -282,7 +282,7 @@ def _predict(
     model: Any, processor: Any, info: dict[str, Any], index: int, group: list[_Item], args: argparse.Namespace,
     device: Any, dtype: Any,
 ) -> list[dict[str, Any]]:
-    """Per-person predictions (the records of :func:`vitpose_hf.evaluation.top_down_results`) for a group."""
+    """Per-person predictions (the records of :func:`vitpose_hf.evaluation.metrics.top_down_results`) for a group."""
     import torch
 
     images = [item.load() for item in group]
@@ -325,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation; prints the metrics table, writes the results (and metrics) json. Returns 0."""
     from tqdm.auto import tqdm
 
-    from .evaluation import coco_keypoint_metrics, format_metrics, top_down_results
+    from vitpose_hf.evaluation.metrics import coco_keypoint_metrics, format_metrics, top_down_results
 
     if (args.annotations is None) == (args.hub_dataset is None):
         raise SystemExit("vitpose-hf eval: give exactly one of --annotations or --hub-dataset")

@@ -14,9 +14,9 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from .boxes import convert_boxes, detector_box
-from .images import to_pil
-from .keypoint_metadata import get_dataset_info
+from vitpose_hf.boxes import convert_boxes, detector_box
+from vitpose_hf.images import to_pil
+from vitpose_hf.keypoint_metadata import get_dataset_info
 
 __all__ = ["PALETTES", "draw", "keypoint_groups"]
 

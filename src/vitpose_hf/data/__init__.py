@@ -1,0 +1,1 @@
+"""Data: the Hub dataset schema, COCO conversion and training transforms."""

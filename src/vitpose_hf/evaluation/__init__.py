@@ -1,0 +1,1 @@
+"""Evaluation: COCO OKS AP/AR, CrowdPose, WholeBody and PCK metrics."""

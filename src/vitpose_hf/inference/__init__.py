@@ -1,0 +1,1 @@
+"""Inference: the pose pipeline, detectors, drawing and Hub loading."""

@@ -1,0 +1,1 @@
+"""Training with Accelerate and model cards."""
