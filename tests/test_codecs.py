@@ -4,6 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from reference_codecs import (
+    INPUT_WH,
+    ref_decode_msra,
+    ref_decode_udp_dark,
+    ref_flip_back,
+    ref_generate_target,
+    ref_targets,
+)
 
 from vitpose_hf.codecs import (
     MSRAHeatmap,
@@ -14,99 +22,6 @@ from vitpose_hf.codecs import (
     opencv_gaussian_kernel,
     refine_keypoints_dark_udp,
 )
-
-INPUT_WH = np.array([192, 256])
-HEATMAP_WH = np.array([48, 64])
-
-
-# ---- references written from the official algorithm (numpy loops, OpenCV) -----------------------------------------
-def ref_generate_target(joints, visible, use_udp, sigma=2.0):
-    """The official _udp_generate_target / _msra_generate_target for one instance (K, 2)."""
-    w, h = HEATMAP_WH
-    target = np.zeros((len(joints), h, w), np.float32)
-    weight = visible.astype(np.float32).copy()
-    stride = (INPUT_WH - 1.0) / (HEATMAP_WH - 1.0) if use_udp else INPUT_WH / HEATMAP_WH
-    tmp = sigma * 3
-    for k in range(len(joints)):
-        mu_x = int(joints[k][0] / stride[0] + 0.5)
-        mu_y = int(joints[k][1] / stride[1] + 0.5)
-        ul = [int(mu_x - tmp), int(mu_y - tmp)]
-        br = [int(mu_x + tmp + 1), int(mu_y + tmp + 1)]
-        if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
-            weight[k] = 0
-            continue
-        size = 2 * tmp + 1
-        x = np.arange(0, size, 1, np.float32)
-        y = x[:, None]
-        x0 = y0 = size // 2
-        if use_udp:
-            x0 += joints[k][0] / stride[0] - mu_x
-            y0 += joints[k][1] / stride[1] - mu_y
-        g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
-        g_x = max(0, -ul[0]), min(br[0], w) - ul[0]
-        g_y = max(0, -ul[1]), min(br[1], h) - ul[1]
-        img_x = max(0, ul[0]), min(br[0], w)
-        img_y = max(0, ul[1]), min(br[1], h)
-        if weight[k] > 0.5:
-            target[k][img_y[0] : img_y[1], img_x[0] : img_x[1]] = g[g_y[0] : g_y[1], g_x[0] : g_x[1]]
-    return target, weight
-
-
-def ref_max_preds(heatmaps):
-    n, k, _, w = heatmaps.shape
-    flat = heatmaps.reshape(n, k, -1)
-    idx = np.argmax(flat, 2)
-    preds = np.stack([idx % w, idx // w], -1).astype(np.float32)
-    return preds, np.amax(flat, 2)
-
-
-def ref_decode_udp_dark(heatmaps, kernel=11):
-    """argmax + post_dark_udp (cv2.GaussianBlur, clip, log, edge pad, Newton step), heatmap pixels."""
-    heatmaps = heatmaps.copy()
-    preds, maxvals = ref_max_preds(heatmaps)
-    n, k, h, w = heatmaps.shape
-    for maps in heatmaps:
-        for m in maps:
-            cv2.GaussianBlur(m, (kernel, kernel), 0, m)
-    np.clip(heatmaps, 0.001, 50, heatmaps)
-    np.log(heatmaps, heatmaps)
-    pad = np.pad(heatmaps, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    for i in range(n):
-        for j in range(k):
-            x, y = int(preds[i, j, 0]) + 1, int(preds[i, j, 1]) + 1
-            p = pad[i, j]
-            g = np.array([0.5 * (p[y, x + 1] - p[y, x - 1]), 0.5 * (p[y + 1, x] - p[y - 1, x])])
-            dxx = p[y, x + 1] - 2 * p[y, x] + p[y, x - 1]
-            dyy = p[y + 1, x] - 2 * p[y, x] + p[y - 1, x]
-            dxy = 0.5 * (p[y + 1, x + 1] - p[y, x + 1] - p[y + 1, x] + 2 * p[y, x] - p[y, x - 1] - p[y - 1, x] + p[y - 1, x - 1])
-            hess = np.array([[dxx, dxy], [dxy, dyy]]) + np.finfo(np.float32).eps * np.eye(2)
-            preds[i, j] -= np.linalg.inv(hess) @ g
-    return preds, maxvals
-
-
-def ref_decode_msra(heatmaps):
-    preds, maxvals = ref_max_preds(heatmaps)
-    n, k, h, w = heatmaps.shape
-    for i in range(n):
-        for j in range(k):
-            m = heatmaps[i, j]
-            px, py = int(preds[i, j, 0]), int(preds[i, j, 1])
-            if 1 < px < w - 1 and 1 < py < h - 1:
-                diff = np.array([m[py][px + 1] - m[py][px - 1], m[py + 1][px] - m[py - 1][px]])
-                preds[i, j] += np.sign(diff) * 0.25
-    return preds, maxvals
-
-
-def ref_flip_back(flipped, flip_pairs, shift):
-    out = flipped.copy()
-    for left, right in flip_pairs:
-        out[:, left] = flipped[:, right]
-        out[:, right] = flipped[:, left]
-    out = out[..., ::-1].copy()
-    if shift:
-        out[:, :, :, 1:] = out[:, :, :, :-1]
-    return out
-
 
 COCO_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
 
@@ -234,16 +149,34 @@ def test_msra_round_trip_within_quarter_pixel():
     assert ((decoded - keypoints).abs() <= 0.5 * 4 + 1e-4).all()  # rounding to a heatmap pixel, then +- 0.25
 
 
+# Unit roundoff of the low-precision formats (8 and 11 significant bits).
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_heatmaps_decode(dtype):
-    heatmaps, keypoints = noisy_heatmaps(8, seed=10, noise=0.0, margin=24.0)
+    """bf16 / fp16 heatmaps decode as the official decoder decodes the same rounded values, in float32; the
+    rounding moves a keypoint by at most 24 u heatmap px (u the unit roundoff).
+
+    The bound: each blurred log value moves by <= u, so the gradient by <= u and the Hessian entries by <= 4u; on
+    the blurred Gaussian (variance 2^2 + 2^2) |H^-1| ~ 8 and |g| <= 1/16 within half a pixel of the peak, so the
+    Newton step moves by <= 8u + 8 * 4u * 8 / 16 = 24u.
+    """
+    heatmaps, _ = noisy_heatmaps(8, seed=10, noise=0.0, margin=24.0)
     codec = UDPHeatmap()
-    decoded, scores = codec.decode(heatmaps.to(dtype))
+    stride = np.array(codec.stride)
+    low = heatmaps.to(dtype)
+    decoded, scores = codec.decode(low)
     assert decoded.dtype == torch.float32 and scores.dtype == torch.float32
-    same, same_scores = codec.decode(heatmaps.to(dtype).float())
-    torch.testing.assert_close(decoded, same)
-    torch.testing.assert_close(scores, same_scores)
-    assert ((decoded - keypoints) / torch.tensor(codec.stride)).abs().max() < 0.25
+    rounded = low.to(torch.float32).numpy()  # exact: every bf16 / fp16 value is a float32
+    ref, maxvals = ref_decode_udp_dark(rounded)
+    np.testing.assert_allclose(decoded.numpy(), ref * stride, atol=1e-3)
+    np.testing.assert_array_equal(scores.numpy(), maxvals)
+    full, _ = ref_decode_udp_dark(heatmaps.numpy())
+    moved = np.abs(decoded.numpy() / stride - full).max()
+    assert moved <= 24 * UNIT_ROUNDOFF[dtype], f"{dtype} rounding moved a keypoint by {moved:.4f} heatmap px"
+    if dtype == torch.bfloat16:
+        assert moved > 1e-4  # the rounding is visible: the check above is not vacuous
 
 
 def test_float64_stays_float64():
@@ -309,12 +242,35 @@ def test_flip_back_per_sample_and_dtype():
         flip_back(flipped, identity[:16] + [17])
 
 
-def test_flip_test_of_symmetric_prediction_is_exact():
-    """A model that is exactly mirror-consistent gives the same keypoints with and without the flip test."""
-    heatmaps, _ = noisy_heatmaps(4, seed=15)
-    mirrored = heatmaps[:, coco_flip_indices()].flip(-1)  # what such a model predicts on the mirrored crop
-    averaged = (heatmaps + flip_back(mirrored, coco_flip_indices())) / 2
-    torch.testing.assert_close(averaged, heatmaps)
+def test_flip_test_of_a_mirror_consistent_model_is_exact():
+    """UDP: a model that predicts the official targets on both the crop and its mirror image gives, after
+    flip_back and averaging, the targets of the crop itself, so the flip test changes no keypoint."""
+    gen = torch.Generator().manual_seed(15)
+    points = 24 + torch.rand(4, 17, 2, generator=gen, dtype=torch.float64) * (torch.tensor([191.0, 255.0]) - 48)
+    heatmaps = torch.from_numpy(ref_targets(points.numpy(), use_udp=True))
+    # On the mirrored crop, pixel u shows what pixel W - 1 - u shows, and channel i holds i's mirror partner.
+    mirrored = points[:, coco_flip_indices()].clone()
+    mirrored[..., 0] = (INPUT_WH[0] - 1) - mirrored[..., 0]
+    flipped = torch.from_numpy(ref_targets(mirrored.numpy(), use_udp=True))
+    averaged = (heatmaps + flip_back(flipped, coco_flip_indices())) / 2
+    torch.testing.assert_close(averaged, heatmaps, atol=1e-6, rtol=0)
+    codec = UDPHeatmap()
+    with_flip, _ = codec.decode(averaged)
+    without, _ = codec.decode(heatmaps)
+    torch.testing.assert_close(with_flip, without, atol=1e-4, rtol=0)
+    assert (without.double() - points).abs().max() < 0.05 * 4  # and both are the keypoints
+
+
+def test_flip_back_shift_per_crop():
+    """A batch mixing UDP (no shift) and non-UDP (shift) crops: each crop as the official flip_back says."""
+    flipped = torch.rand(3, 17, 8, 6, generator=torch.Generator().manual_seed(17))
+    shift = torch.tensor([True, False, True])
+    out = flip_back(flipped, coco_flip_indices(), shift=shift)
+    for i in range(3):
+        expected = ref_flip_back(flipped[i : i + 1].numpy(), COCO_PAIRS, bool(shift[i]))
+        np.testing.assert_array_equal(out[i : i + 1].numpy(), expected)
+    with pytest.raises(ValueError, match=r"shift must be a bool or hold one flag per crop \(3\), got 2"):
+        flip_back(flipped, coco_flip_indices(), shift=torch.tensor([True, False]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -216,3 +216,38 @@ def test_rotation_per_crop_and_errors():
         warp_matrix(center, scale, INPUT, [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="rotation contains NaN"):
         warp_matrix(center, scale, INPUT, [1.0, float("nan")])
+
+
+def test_use_udp_per_crop(real_boxes):
+    """One flag per crop (a ViTPose++ batch mixing UDP and classic datasets): each crop gets its official matrix
+    and its official transform_preds."""
+    center, scale = box_to_center_scale(real_boxes)
+    flags = torch.arange(len(real_boxes)) % 3 == 0
+    rotation = torch.linspace(-60, 60, len(real_boxes), dtype=torch.float64)
+    ours = warp_matrix(center, scale, INPUT, rotation, use_udp=flags)
+    inverse = inverse_warp_matrix(center, scale, INPUT, rotation, use_udp=flags)
+    heat = torch.rand(len(real_boxes), 17, 2, dtype=torch.float64) * torch.tensor([47.0, 63.0], dtype=torch.float64)
+    for i in range(len(real_boxes)):
+        c, s, r = center[i].numpy(), scale[i].numpy(), float(rotation[i])
+        if flags[i]:
+            ref = ref_udp_matrix(r, c * 2.0, np.array([191.0, 255.0]), s * 200.0)
+            np.testing.assert_allclose(ours[i].numpy(), ref, rtol=1e-9, atol=1e-9, err_msg=f"box {i}")
+        else:
+            ref = ref_classic_matrix(c, s, r, (192, 256))
+            np.testing.assert_allclose(ours[i].numpy(), ref, rtol=1e-4, atol=5e-3, err_msg=f"box {i}")
+        np.testing.assert_allclose(
+            (torch.cat([ours[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]) @
+             torch.cat([inverse[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])).numpy(),
+            np.eye(3), atol=1e-9,
+        )
+    stride = torch.where(flags[:, None], torch.tensor([191 / 47, 255 / 63], dtype=torch.float64), 4.0)
+    points = crop_to_image(heat * stride[:, None], center, scale, INPUT, None, flags)
+    for i in range(len(real_boxes)):
+        ref = ref_transform_preds(heat[i].numpy(), center[i].numpy(), scale[i].numpy(), (48, 64), bool(flags[i]))
+        np.testing.assert_allclose(points[i].numpy(), ref, rtol=1e-9, atol=1e-7)
+    back = crop_to_image(image_to_crop(points, center, scale, INPUT, rotation, flags), center, scale, INPUT, rotation, flags)
+    torch.testing.assert_close(back, points)
+    with pytest.raises(ValueError, match=rf"use_udp must be a bool or hold one flag per crop \({len(flags)}\), got 2"):
+        warp_matrix(center, scale, INPUT, None, torch.tensor([True, False]))
+    with pytest.raises(TypeError, match="use_udp must be a bool or hold one bool per crop, got dtype torch.int64"):
+        warp_matrix(center, scale, INPUT, None, torch.ones(len(flags), dtype=torch.long))

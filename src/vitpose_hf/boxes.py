@@ -90,7 +90,8 @@ def validate_boxes(boxes: TensorLike, box_format: str = "xywh", name: str = "box
 
     An empty list gives shape ``(0, 4)``. Raises ValueError naming the offending box for a wrong shape, a NaN or
     infinite value, or a negative width / height (``x2 < x1`` or ``y2 < y1`` in ``"xyxy"``). Zero-size boxes are
-    accepted, as in the official code; their crop samples only the box centre.
+    accepted, as in the official code: their scale is 0, their keypoints map back to the box centre, and the
+    image processor gives them an all-black crop (see :meth:`ViTPoseImageProcessor.preprocess`).
     """
     check_box_format(box_format)
     tensor = as_float_tensor(boxes, name)

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "UDPHeatmap",
     "MSRAHeatmap",
-    "opencv_gaussian_kernel",
+    "UDPHeatmap",
+    "flip_back",
     "gaussian_blur",
     "get_heatmap_maximum",
+    "opencv_gaussian_kernel",
     "refine_keypoints_dark_udp",
     "refine_keypoints_quarter_offset",
-    "flip_back",
 ]
 
 # OpenCV's fixed kernels for sigma <= 0 and small odd sizes (getGaussianKernel's "small_gaussian_tab").
@@ -242,7 +242,7 @@ def refine_keypoints_quarter_offset(locations: torch.Tensor, heatmaps: torch.Ten
 
 
 def flip_back(
-    heatmaps: torch.Tensor, flip_indices: Sequence[int] | torch.Tensor, shift: bool = False
+    heatmaps: torch.Tensor, flip_indices: Sequence[int] | torch.Tensor, shift: bool | torch.Tensor = False
 ) -> torch.Tensor:
     """Turn heatmaps of horizontally mirrored crops back into heatmaps of the original crops.
 
@@ -253,7 +253,8 @@ def flip_back(
     Args:
         heatmaps: ``(N, K, h, w)`` heatmaps predicted on mirrored crops.
         flip_indices: ``(K,)`` mirror partner of each channel, or ``(N, K)`` one permutation per crop.
-        shift: the one-pixel shift of non-UDP models.
+        shift: the one-pixel shift of non-UDP models: a bool, or an ``(N,)`` bool tensor (per crop, for a batch
+            that mixes UDP and non-UDP datasets).
 
     Returns:
         ``(N, K, h, w)`` heatmaps, same dtype and device.
@@ -273,6 +274,12 @@ def flip_back(
     else:
         out = heatmaps.gather(1, index[:, :, None, None].expand(n, k, h, w))
     out = out.flip(-1)
+    if isinstance(shift, torch.Tensor):
+        shift = shift.to(device=out.device, dtype=torch.bool).reshape(-1)
+        if shift.numel() not in (1, n):
+            raise ValueError(f"shift must be a bool or hold one flag per crop ({n}), got {shift.numel()} flags")
+        shifted = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
+        return torch.where(shift.reshape(-1, 1, 1, 1), shifted, out)
     if shift:
         out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
     return out

@@ -12,12 +12,14 @@ Conventions used by every function here:
 
 The crop ("input") of size ``(H, W)`` is cut out of the image by an affine warp. Two flavours exist, selected by
 ``use_udp``: the unbiased one of UDP (Huang et al., CVPR 2020), which maps the region of ``scale * 200`` pixels
-onto ``W - 1`` pixel steps, and the classic one, which maps it onto ``W`` steps.
+onto ``W - 1`` pixel steps, and the classic one, which maps it onto ``W`` steps. ``use_udp`` is one bool for all
+crops or an ``(N,)`` bool tensor, one flag per crop (a ViTPose++ batch mixes UDP and classic datasets).
 """
 
 from __future__ import annotations
 
 import math
+import numpy as np
 
 import torch
 
@@ -43,6 +45,7 @@ __all__ = [
     "crop_to_image",
     "image_to_crop",
     "inverse_warp_matrix",
+    "udp_flags",
     "validate_boxes",
     "warp_matrix",
     "xywh_to_xyxy",
@@ -105,17 +108,33 @@ def _per_crop(value: float | TensorLike | None, n: int, like: torch.Tensor, name
     return tensor
 
 
+def udp_flags(use_udp: bool | TensorLike, n: int, device: torch.device | str | None = None) -> bool | torch.Tensor:
+    """``use_udp`` as one bool, or as an ``(N,)`` bool tensor on ``device`` when it holds one flag per crop."""
+    if isinstance(use_udp, (bool, np.bool_)):
+        return bool(use_udp)
+    tensor = torch.as_tensor(use_udp, device=device).reshape(-1)
+    if tensor.dtype != torch.bool:
+        raise TypeError(f"use_udp must be a bool or hold one bool per crop, got dtype {tensor.dtype}")
+    if tensor.numel() not in (1, n):
+        raise ValueError(f"use_udp must be a bool or hold one flag per crop ({n}), got {tensor.numel()} flags")
+    return tensor.expand(n)
+
+
 def _warp_terms(
     center: torch.Tensor,
     scale: torch.Tensor,
     output_size: tuple[int, int],
     rotation: float | TensorLike | None,
-    use_udp: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(region size in px per crop step (N, 2), crop centre (2,), cos (N,), sin (N,)) of the image->crop warp."""
+    use_udp: bool | TensorLike,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(image px per crop px (N, 2), crop centre (2,) or (N, 2), cos (N,), sin (N,)) of the image->crop warp."""
     h, w = output_size
-    steps = [w - 1.0, h - 1.0] if use_udp else [float(w), float(h)]
-    steps = torch.tensor(steps, dtype=center.dtype, device=center.device)
+    udp = udp_flags(use_udp, center.shape[0], center.device)
+    steps = torch.tensor([float(w), float(h)], dtype=center.dtype, device=center.device)
+    if isinstance(udp, bool):
+        steps = steps - 1.0 if udp else steps
+    else:
+        steps = steps - udp.to(center.dtype).unsqueeze(-1)  # (N, 2)
     step = scale * PIXEL_STD / steps  # image pixels per crop pixel, (N, 2)
     # UDP puts the region centre on the crop's middle pixel ((W-1)/2); the classic warp on W/2.
     crop_center = steps / 2
@@ -125,8 +144,8 @@ def _warp_terms(
     else:
         radians = theta * (math.pi / 180.0)
         # Quirk of the official code: the UDP matrix rotates by +theta, the classic 3-point one by -theta.
-        cos = torch.cos(radians)
-        sin = torch.sin(radians) if use_udp else -torch.sin(radians)
+        cos, sin = torch.cos(radians), torch.sin(radians)
+        sin = (sin if udp else -sin) if isinstance(udp, bool) else torch.where(udp, sin, -sin)
     return step, crop_center, cos, sin
 
 
@@ -135,7 +154,7 @@ def warp_matrix(
     scale: torch.Tensor,
     output_size: tuple[int, int] = (256, 192),
     rotation: float | TensorLike | None = None,
-    use_udp: bool = True,
+    use_udp: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Affine matrices image -> crop, shape ``(N, 2, 3)``, as passed to ``cv2.warpAffine``.
 
@@ -147,7 +166,7 @@ def warp_matrix(
         scale: ``(N, 2)`` region sizes ``(w, h)`` in units of 200 px (a zero scale has no forward matrix: inf).
         output_size: ``(H, W)`` of the crop.
         rotation: degrees, a number or ``(N,)`` (training augmentation); None for no rotation.
-        use_udp: the unbiased (UDP) warp or the classic one.
+        use_udp: the unbiased (UDP) warp or the classic one; a bool or an ``(N,)`` bool tensor (per crop).
     """
     step, crop_center, cos, sin = _warp_terms(center, scale, output_size, rotation, use_udp)
     k = 1.0 / step  # crop pixels per image pixel
@@ -171,7 +190,7 @@ def inverse_warp_matrix(
     scale: torch.Tensor,
     output_size: tuple[int, int] = (256, 192),
     rotation: float | TensorLike | None = None,
-    use_udp: bool = True,
+    use_udp: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Affine matrices crop -> image, shape ``(N, 2, 3)``: the exact inverse of :func:`warp_matrix`.
 
@@ -205,7 +224,7 @@ def image_to_crop(
     scale: torch.Tensor,
     output_size: tuple[int, int] = (256, 192),
     rotation: float | TensorLike | None = None,
-    use_udp: bool = True,
+    use_udp: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Map ``(N, K, 2)`` image points into crop (model input) pixels, with the warp of :func:`warp_matrix`."""
     matrix = warp_matrix(center, scale, output_size, rotation, use_udp)
@@ -218,7 +237,7 @@ def crop_to_image(
     scale: torch.Tensor,
     output_size: tuple[int, int] = (256, 192),
     rotation: float | TensorLike | None = None,
-    use_udp: bool = True,
+    use_udp: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Map ``(N, K, 2)`` crop (model input) points back to image pixels.
 
@@ -227,6 +246,6 @@ def crop_to_image(
     """
     if rotation is None:  # the common case, in three element-wise ops
         step, crop_center, _, _ = _warp_terms(center, scale, output_size, None, use_udp)
-        return center.unsqueeze(1) + (points.to(center.dtype) - crop_center) * step.unsqueeze(1)
+        return center.unsqueeze(1) + (points.to(center.dtype) - crop_center.unsqueeze(-2)) * step.unsqueeze(1)
     matrix = inverse_warp_matrix(center, scale, output_size, rotation, use_udp)
     return apply_affine(points.to(matrix.dtype), matrix)

@@ -1,9 +1,10 @@
 """Top-down image processor for ViTPose / ViTPose++: boxes in, crops out; heatmaps in, keypoints out.
 
-``preprocess`` cuts one crop per person box with the official (UDP) affine warp, batched in torch on the
-images' device, and normalises it. ``post_process_pose_estimation`` decodes heatmaps (UDP + DARK, or the classic
-quarter-pixel decoder), optionally averages a flip test, and maps keypoints back to image pixels. Encoding and
-decoding live in :mod:`.codecs`, geometry in :mod:`.geometry`: training and inference use the same code.
+``preprocess`` cuts one crop per person box with the official affine warp of the crop's dataset (UDP, or the
+classic one), batched in torch on the images' device, and normalises it. ``post_process_pose_estimation`` decodes
+heatmaps crop by crop (UDP + DARK, or the classic quarter-pixel decoder), optionally averages a flip test, and
+maps keypoints back to image pixels. Encoding and decoding live in :mod:`.codecs`, geometry in :mod:`.geometry`:
+training and inference use the same code.
 
 Images (PIL, numpy, torch, paths, URLs; any mode or dtype) are turned into RGB by :mod:`.images`, which documents
 the rule; boxes follow the formats and nesting rules of :mod:`.boxes`.
@@ -13,11 +14,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,9 +26,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs
 
 from .boxes import boxes_per_image as _boxes_per_image
-from .boxes import check_box_format, to_xywh, validate_boxes
-from .boxes import is_box_list as _is_box_list
-from .boxes import stack_if_tensors as _stack_if_tensors
+from .boxes import check_box_format, to_xywh
 from .codecs import MSRAHeatmap, UDPHeatmap, _check_kernel_size, flip_back
 from .geometry import BOX_PADDING, _center_scale, crop_to_image, image_to_crop, inverse_warp_matrix
 from .images import is_batch as _is_batch
@@ -41,22 +38,6 @@ __all__ = ["ViTPoseImageProcessor", "flip_pixel_values"]
 
 DECODERS = ("udp_dark", "msra")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-# Work buffers of the CPU warp are kept per thread: faulting in fresh multi-MB buffers on every call costs as
-# much as the warp itself on some systems (glibc hands large blocks back to the OS after each use).
-_SCRATCH = threading.local()
-_SCRATCH_LIMIT = 64 * 2**20  # bytes; larger buffers are allocated per call
-
-
-def _work_buffer(name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An uninitialised float32 tensor of ``shape``, reused across calls on CPU (never returned to the user)."""
-    numel = math.prod(shape)
-    if device.type != "cpu" or numel * 4 > _SCRATCH_LIMIT:
-        return torch.empty(shape, dtype=torch.float32, device=device)
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(name)
-    if buffer is None or buffer.numel() < numel:
-        buffer = buffers[name] = torch.empty(numel, dtype=torch.float32)
-    return buffer[:numel].view(shape)
 
 
 class ViTPoseImageProcessorKwargs(ImagesKwargs, total=False):
@@ -94,7 +75,7 @@ class _Crops:
     center: torch.Tensor  # (N, 2)
     scale: torch.Tensor  # (N, 2), 200-px units
     rotation: torch.Tensor | None  # (N,) degrees
-    use_udp: bool
+    use_udp: torch.Tensor | None  # (N,) bool on the CPU: the warp of each crop (None: not recorded)
     boxes: torch.Tensor  # (N, 4), the input boxes
     image_index: torch.Tensor  # (N,)
     num_images: int
@@ -151,18 +132,22 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         do_rescale, rescale_factor: multiply pixel values by ``rescale_factor`` (1/255) before normalising.
         do_normalize: subtract ``image_mean`` and divide by ``image_std``.
         padding_factor: box enlargement before cropping (1.25, as the official code).
-        use_udp: the unbiased (UDP) warp and back-transform (True, as the official COCO / MPII configs). ``None``
-            takes the official setting of the dataset (``use_udp`` of its keypoint metadata).
+        use_udp: ``True``: the unbiased (UDP) warp and back-transform for every crop; ``False``: the classic ones.
+            ``None`` (default): per dataset, each crop takes the official setting of its dataset (``use_udp`` of
+            its keypoint metadata: UDP for COCO and MPII, classic for AIC, AP-10K, APT-36K and COCO-WholeBody, as
+            the official ViTPose++ recipe trains them). With several datasets that differ, :meth:`preprocess`
+            needs each crop's ``dataset`` / ``dataset_index``; the crop metadata records the warp of each crop.
         decoder: ``"udp_dark"`` (arg-max + DARK, the official UDP test setting) or ``"msra"`` (arg-max +
-            quarter-pixel shift, the official non-UDP setting). ``None`` picks ``"udp_dark"`` when UDP is used
-            and ``"msra"`` otherwise.
+            quarter-pixel shift, the official non-UDP setting). ``None`` picks ``"udp_dark"`` for UDP crops and
+            ``"msra"`` for classic ones, crop by crop.
         blur_kernel_size: kernel of the DARK blur (11; OpenCV's rule gives sigma 2.0).
         sigma: Gaussian sigma of training targets (2.0), used by :meth:`get_codec`.
         dataset: keypoint dataset of the heatmaps: a name (``"coco"``), an info dict, or a list of them, one per
-            head of a multi-dataset (ViTPose++) model, indexed by ``outputs.dataset_index``.
+            head of a multi-dataset (ViTPose++) model, indexed by ``dataset_index``. Model outputs that carry
+            their own ``datasets`` take precedence in post-processing.
     """
 
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
     valid_kwargs = ViTPoseImageProcessorKwargs
     _CONFIG_KEYS = (
         "size",
@@ -188,7 +173,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
         padding_factor: float = BOX_PADDING,
-        use_udp: bool | None = True,
+        use_udp: bool | None = None,
         decoder: str | None = None,
         blur_kernel_size: int = 11,
         sigma: float = 2.0,
@@ -243,30 +228,96 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         """``(H, W)`` of the crops."""
         return self.size["height"], self.size["width"]
 
-    def _use_udp(self, use_udp: bool | None, dataset: Any) -> bool:
+    def _heads(self) -> list[_Dataset]:
+        """The processor's datasets, in the order that ``dataset_index`` counts."""
+        entries = self.dataset if isinstance(self.dataset, (list, tuple)) else [self.dataset]
+        return [_resolve_dataset(d) for d in entries]
+
+    @staticmethod
+    def _slots(dataset_index: Any, heads: list[_Dataset], n: int, where: str) -> list[int]:
+        """Position in ``heads`` of each of ``n`` crops from an int, a name, or one of those per crop."""
+        if isinstance(dataset_index, (torch.Tensor, np.ndarray)):
+            values = dataset_index.reshape(-1).tolist()
+        elif isinstance(dataset_index, (list, tuple)):
+            values = list(dataset_index)
+        else:
+            values = [dataset_index]
+        if len(values) == 1:
+            values = values * n
+        if len(values) != n:
+            raise ValueError(f"{where} has {len(values)} entries for {n} crops")
+        names = [h.name for h in heads]
+        slots = []
+        for value in values:
+            if isinstance(value, str):
+                if value not in names:
+                    raise ValueError(f"{where} {value!r} is not one of the datasets {names}")
+                value = names.index(value)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{where} must hold integers or dataset names, got {value!r}")
+            if not 0 <= value < len(heads):
+                raise ValueError(f"{where} {value} is out of range for the {len(heads)} datasets {names}")
+            slots.append(int(value))
+        return slots
+
+    def _datasets_per_crop(
+        self, dataset: Any, dataset_index: Any, n: int, heads: list[_Dataset] | None, where: str
+    ) -> tuple[list[_Dataset], list[int] | None]:
+        """Datasets and the slot of each crop among them; slots None: one dataset for all, or unknown if several.
+
+        An explicit ``dataset`` (one, or one per crop) wins; otherwise ``dataset_index`` picks among ``heads`` (the
+        processor's datasets when None).
+        """
+        if dataset is not None:
+            if isinstance(dataset, (list, tuple)):
+                if len(dataset) != n:
+                    raise ValueError(f"dataset is a list of {len(dataset)} entries but there are {n} crops")
+                return [_resolve_dataset(d) for d in dataset], list(range(n))
+            return [_resolve_dataset(dataset)], None
+        heads = self._heads() if heads is None else heads
+        if dataset_index is None:
+            return heads, None
+        slots = self._slots(dataset_index, heads, n, where)
+        return (heads, None) if len(heads) == 1 else (heads, slots)
+
+    def _udp_per_crop(
+        self, use_udp: bool | None, entries: list[_Dataset], slots: list[int] | None, n: int
+    ) -> torch.Tensor:
+        """``(N,)`` bool on the CPU: the call's or the config's ``use_udp``; with None each crop's dataset setting."""
         if use_udp is None:
             use_udp = self.use_udp
-        if use_udp is None:
-            entries = dataset if isinstance(dataset, (list, tuple)) else [dataset]
-            flags = {_resolve_dataset(d).use_udp for d in entries}
-            if len(flags) != 1:
-                raise ValueError("use_udp=None but the datasets disagree on UDP; set use_udp explicitly")
-            use_udp = flags.pop()
-        return use_udp
+        if use_udp is not None:
+            return torch.full((n,), bool(use_udp))
+        if slots is None:
+            flags = {e.use_udp for e in entries}
+            if len(flags) > 1:
+                raise ValueError(
+                    f"use_udp=None (per dataset) but the datasets {[e.name for e in entries]} differ in use_udp: "
+                    "pass the dataset of the crops (dataset= or dataset_index=), or set use_udp"
+                )
+            return torch.full((n,), flags.pop())
+        return torch.tensor([entries[s].use_udp for s in slots], dtype=torch.bool).reshape(n)
 
     def _decoder(self, use_udp: bool) -> str:
         return self.decoder if self.decoder is not None else ("udp_dark" if use_udp else "msra")
 
     def get_codec(
-        self, heatmap_size: tuple[int, int] | None = None, decoder: str | None = None
+        self,
+        heatmap_size: tuple[int, int] | None = None,
+        decoder: str | None = None,
+        dataset: str | dict | None = None,
     ) -> UDPHeatmap | MSRAHeatmap:
         """The heatmap codec of this config (for training targets and decoding).
 
         Args:
             heatmap_size: ``(h, w)``; a quarter of the input size by default (64 x 48 for 256 x 192).
-            decoder: ``"udp_dark"`` or ``"msra"``; by default the config's choice.
+            decoder: ``"udp_dark"`` or ``"msra"``; by default the config's choice (``decoder``, else UDP-DARK for
+                UDP crops and MSRA for classic ones).
+            dataset: the dataset whose setting ``use_udp=None`` takes (needed when the processor's disagree).
         """
-        decoder = decoder or self._decoder(self._use_udp(None, self.dataset))
+        if decoder is None:
+            entries = [_resolve_dataset(dataset)] if dataset is not None else self._heads()
+            decoder = self._decoder(bool(self._udp_per_crop(None, entries, None, 1)[0]))
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         h, w = self.input_size
@@ -301,8 +352,9 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         rotation: float | Sequence[float] | torch.Tensor | None = None,
         scale_factor: float | Sequence[float] | torch.Tensor | None = None,
         device: torch.device | str | None = None,
-        dataset: str | dict | list | None = None,
+        dataset: str | dict | Sequence[str | dict] | None = None,
         use_udp: bool | None = None,
+        dataset_index: int | str | Sequence[int | str] | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Cut and normalise one crop per box.
@@ -317,8 +369,12 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             rotation: degrees per crop (a number or ``(N_crops,)``), for training augmentation.
             scale_factor: multiplies each crop's scale (a number or ``(N_crops,)``), for training augmentation.
             device: where to warp; by default the device of torch inputs, else the CPU.
-            dataset: only used when ``use_udp`` resolves to None (the dataset's official setting).
-            use_udp: override of the config's ``use_udp`` for this call.
+            dataset: the dataset of the crops (name or info dict), or a list with one per crop. Only used when
+                ``use_udp`` resolves to None: each crop is then cut with its dataset's official setting.
+            use_udp: override of the warp for this call (True: UDP, False: classic); post-processing maps the
+                keypoints back with the warp recorded per crop, and decodes as the config / the crop's dataset says.
+            dataset_index: instead of ``dataset``: the crops' dataset among the processor's ``dataset`` list
+                (an int or a name, or one per crop), as the model's ``dataset_index``.
             kwargs: per-call overrides of ``do_rescale``, ``rescale_factor``, ``do_normalize``, ``image_mean``,
                 ``image_std`` and ``padding_factor``.
 
@@ -327,13 +383,20 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             :meth:`post_process_pose_estimation` accepts as ``crop_metadata``: ``image_index`` ``(N_crops,)``,
             ``center`` ``(N_crops, 2)``, ``scale`` ``(N_crops, 2)`` (200-px units, padded, after
             ``scale_factor``), ``boxes`` ``(N_crops, 4)`` (the input boxes, in ``box_format``),
-            ``crops_per_image`` ``(num_images,)``, ``box_format``, ``use_udp`` and, when given, ``rotation``.
+            ``crops_per_image`` ``(num_images,)``, ``use_udp`` ``(N_crops,)`` bool (the warp of each crop),
+            ``box_format`` and, when given, ``rotation``.
+
+        A zero-size box (width and height 0) has scale 0: its crop is all black (every pixel 0 before
+        normalisation), as ``cv2.warpAffine`` gives with the official (infinite) UDP matrix, and its keypoints
+        map back to the box centre, as the official ``transform_preds``. (The official classic warp builds a zero
+        matrix there and repeats the image's top-left pixel; we give black for both warps.)
         """
         options = self._call_options(kwargs)
         box_format = check_box_format(box_format)
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None (= 'pt'), got {return_tensors!r}")
-        use_udp = self._use_udp(use_udp, dataset if dataset is not None else self.dataset)
+        if dataset is not None and dataset_index is not None:
+            raise ValueError("pass dataset= or dataset_index=, not both")
         out_h, out_w = self.input_size
 
         single = not _is_batch(images)
@@ -364,6 +427,8 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         all_boxes = all_boxes.to(device)
         n = all_boxes.shape[0]
         image_index = torch.repeat_interleave(torch.arange(len(per_image)), counts).to(device)
+        entries, slots = self._datasets_per_crop(dataset, dataset_index, n, None, "dataset_index")
+        udp = self._udp_per_crop(use_udp, entries, slots, n).to(device)
 
         center, scale = self._center_scale(all_boxes, box_format, (out_h, out_w), options["padding_factor"])
         if scale_factor is not None:
@@ -378,7 +443,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
                 raise ValueError(f"rotation must be a number or {n} finite numbers (degrees), got {rotation!r}")
             angles = angles.expand(n).clone()
 
-        raw = self._warp(rgb, image_index, counts, center, scale, angles, use_udp, (out_h, out_w))
+        raw = self._warp(rgb, image_index, counts, center, scale, angles, udp, (out_h, out_w))
         pixel_values = self._normalize(raw, options)
 
         data: dict[str, Any] = {
@@ -388,13 +453,13 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             "scale": scale,
             "boxes": all_boxes,
             "crops_per_image": counts.to(device),
+            "use_udp": udp,
         }
         if angles is not None:
             data["rotation"] = angles
         if return_tensors == "np":
             data = {key: value.cpu().numpy() for key, value in data.items()}
         data["box_format"] = box_format
-        data["use_udp"] = use_udp
         return BatchFeature(data=data, tensor_type=None)
 
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +491,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         v = torch.arange(h, dtype=matrix.dtype, device=matrix.device)
         columns = (matrix[:, :, 0, None] * u).transpose(1, 2).unsqueeze(1)  # (N, 1, w, 2)
         rows = (matrix[:, :, 1, None] * v + matrix[:, :, 2, None]).transpose(1, 2).unsqueeze(2)  # (N, h, 1, 2)
-        return torch.add(columns, rows, out=_work_buffer("grid", (matrix.shape[0], h, w, 2), matrix.device))
+        return columns + rows
 
     @staticmethod
     def _float_source(image: torch.Tensor) -> torch.Tensor:
@@ -434,7 +499,9 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if image.dtype == torch.float32:
             return image.unsqueeze(0)
         _, h, w = image.shape
-        buffer = _work_buffer("source", (h, w, 3), image.device)
+        # fresh each call: a buffer kept between calls would be global state (and an inference tensor after
+        # a call under torch.inference_mode, which later calls outside it cannot write)
+        buffer = torch.empty((h, w, 3), dtype=torch.float32, device=image.device)
         buffer.copy_(image.permute(1, 2, 0))
         return buffer.permute(2, 0, 1).unsqueeze(0)
 
@@ -446,7 +513,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         center: torch.Tensor,
         scale: torch.Tensor,
         rotation: torch.Tensor | None,
-        use_udp: bool,
+        use_udp: torch.Tensor,
         out_size: tuple[int, int],
     ) -> torch.Tensor:
         """All crops in one ``grid_sample``: ``(N, 3, H, W)`` float32 on the 0..255 scale, zero outside images.
@@ -461,6 +528,10 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if n == 0:
             return torch.zeros(0, 3, out_h, out_w, device=device)
         inverse = inverse_warp_matrix(center, scale, out_size, rotation, use_udp)  # crop -> image pixels
+        # A zero-size box: the official UDP matrix is infinite and cv2.warpAffine gives an all-black crop. Its
+        # inverse here is finite (every pixel -> the centre); sampling at pixel (-2, -2) instead gives black too.
+        empty = (scale <= 0).any(dim=1, keepdim=True)
+        inverse[:, :, 2] = torch.where(empty, inverse.new_tensor(-2.0), inverse[:, :, 2])
         used = [i for i, c in enumerate(counts.tolist()) if c > 0]
         if len(used) == 1:
             source = self._float_source(images[used[0]])
@@ -507,8 +578,10 @@ class ViTPoseImageProcessor(BaseImageProcessor):
     def keypoints_to_crop(self, keypoints: torch.Tensor, crop_metadata: dict[str, Any]) -> torch.Tensor:
         """Map ``(N_crops, K, 2)`` image keypoints into crop pixels with the warp of each crop (for targets)."""
         center, scale, rotation, use_udp = self._crop_geometry(crop_metadata)
+        if use_udp is None:
+            use_udp = self._udp_per_crop(None, self._heads(), None, center.shape[0])
         keypoints = torch.as_tensor(keypoints, device=center.device)
-        return image_to_crop(keypoints, center, scale, self.input_size, rotation, use_udp)
+        return image_to_crop(keypoints, center, scale, self.input_size, rotation, self._flags_for(use_udp, center))
 
     # ------------------------------------------------------------------------------------------------------------
     # Post-processing
@@ -519,16 +592,28 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if not isinstance(heatmaps, torch.Tensor):
             raise TypeError(f"{name} must be a model output with .heatmaps or a tensor, got {type(outputs).__name__}")
         if heatmaps.ndim != 4 or not heatmaps.is_floating_point():
-            raise ValueError(f"{name} heatmaps must be a float tensor (N, K, h, w), got {heatmaps.dtype} {tuple(heatmaps.shape)}")
+            raise ValueError(
+                f"{name} heatmaps must be a float tensor (N, K, h, w), got {heatmaps.dtype} {tuple(heatmaps.shape)}"
+            )
         return heatmaps
 
     @staticmethod
     def _field(source: Any, key: str) -> Any:
-        if source is None:
+        if source is None or isinstance(source, torch.Tensor):
             return None
         return source.get(key) if isinstance(source, dict) or hasattr(source, "keys") else getattr(source, key, None)
 
-    def _crop_geometry(self, meta: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    @staticmethod
+    def _flags_for(use_udp: torch.Tensor, like: torch.Tensor) -> bool | torch.Tensor:
+        """Per-crop UDP flags for the geometry: one bool when all crops agree (the common, cheaper path)."""
+        if use_udp.numel() == 0 or bool(use_udp.all()) or not bool(use_udp.any()):
+            return bool(use_udp.all())
+        return use_udp.to(like.device)
+
+    def _crop_geometry(
+        self, meta: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(center, scale, rotation, use_udp) of crop metadata; use_udp ``(N,)`` bool on the CPU, None if absent."""
         values = []
         for key in ("center", "scale"):
             value = self._field(meta, key)
@@ -542,41 +627,54 @@ class ViTPoseImageProcessor(BaseImageProcessor):
                     "inputs['pixel_values'].to(dtype)"
                 )
             values.append(value.float())
+        center, scale = values
         rotation = self._field(meta, "rotation")
         use_udp = self._field(meta, "use_udp")
-        use_udp = self._use_udp(None, self.dataset) if use_udp is None else bool(use_udp)
-        return values[0], values[1], None if rotation is None else torch.as_tensor(rotation).float(), use_udp
+        if use_udp is not None:  # a bool (metadata of older versions) or one flag per crop
+            use_udp = torch.as_tensor(use_udp).detach().cpu().reshape(-1)
+            if use_udp.dtype != torch.bool or use_udp.numel() not in (1, center.shape[0]):
+                raise ValueError(
+                    f"crop_metadata['use_udp'] must be a bool or one bool per crop ({center.shape[0]}), got "
+                    f"{use_udp.dtype} with {use_udp.numel()} values"
+                )
+            use_udp = use_udp.expand(center.shape[0])
+        return center, scale, None if rotation is None else torch.as_tensor(rotation).float(), use_udp
 
-    def _datasets_per_crop(
-        self, dataset: Any, dataset_index: Any, n: int
+    def _crop_datasets(
+        self, outputs: Any, dataset: Any, dataset_index: Any, n: int
     ) -> tuple[list[_Dataset], list[int] | None]:
-        """Distinct datasets and, for more than one, the dataset slot of each crop."""
-        if dataset is not None:
-            if isinstance(dataset, (list, tuple)):
-                if len(dataset) != n:
-                    raise ValueError(f"dataset is a list of {len(dataset)} entries but there are {n} crops")
-                entries = [_resolve_dataset(d) for d in dataset]
-                return entries, list(range(n))
-            return [_resolve_dataset(dataset)], None
-        if not isinstance(self.dataset, (list, tuple)):
-            return [_resolve_dataset(self.dataset)], None
-        heads = [_resolve_dataset(d) for d in self.dataset]
-        if len(heads) == 1:
-            return heads, None
+        """The dataset of each crop: the model's (``outputs.datasets``) when the outputs carry them, else the
+        explicit ``dataset`` or the processor's, indexed by ``dataset_index``."""
         if dataset_index is None:
+            dataset_index = self._field(outputs, "dataset_index")
+        model_datasets = self._field(outputs, "datasets")
+        if model_datasets is None:
+            where = "dataset_index (or outputs.dataset_index)"
+            entries, slots = self._datasets_per_crop(dataset, dataset_index, n, None, where)
+            if len(entries) > 1 and slots is None:
+                raise ValueError(
+                    f"this processor lists {len(entries)} datasets {[h.name for h in entries]}: the outputs carry no "
+                    "dataset_index, so pass dataset_index=... or dataset=<name>"
+                )
+            return entries, slots
+        heads = [_resolve_dataset(d) for d in model_datasets]
+        entries, slots = self._datasets_per_crop(None, dataset_index, n, heads, "outputs.dataset_index")
+        if len(entries) > 1 and slots is None:
             raise ValueError(
-                f"this processor lists {len(heads)} datasets {[h.name for h in heads]}: the outputs carry no "
-                "dataset_index, so pass dataset_index=... or dataset=<name>"
+                f"outputs.datasets lists {len(entries)} datasets {[h.name for h in entries]} but the outputs carry no "
+                "dataset_index; pass dataset_index=..."
             )
-        index = torch.as_tensor(dataset_index).reshape(-1)
-        index = index.expand(n) if index.numel() == 1 else index
-        if index.numel() != n:
-            raise ValueError(f"dataset_index has {index.numel()} entries for {n} crops")
-        slots = index.tolist()
-        bad = [i for i in slots if not 0 <= i < len(heads)]
-        if bad:
-            raise ValueError(f"dataset_index {bad[0]} is out of range for the {len(heads)} datasets of this processor")
-        return heads, slots
+        if dataset is not None:
+            given, given_slots = self._datasets_per_crop(dataset, None, n, [], "dataset")
+            for i in range(n):
+                name = given[0 if given_slots is None else given_slots[i]].name
+                model_name = entries[0 if slots is None else slots[i]].name
+                if name != model_name:
+                    raise ValueError(
+                        f"dataset={name!r} conflicts with the model's dataset {model_name!r} for crop {i} "
+                        "(outputs.datasets[outputs.dataset_index]); drop dataset= or pass the model's dataset"
+                    )
+        return entries, slots
 
     def post_process_pose_estimation(
         self,
@@ -586,24 +684,33 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         flip_outputs: Any = None,
         dataset: str | dict | Sequence[str | dict] | None = None,
         crop_metadata: Any = None,
-        image_index: Sequence[int] | torch.Tensor | None = None,
         dataset_index: Sequence[int] | torch.Tensor | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Decode heatmaps into keypoints in image pixels, grouped per image.
 
+        Each crop is decoded with its own settings. Its dataset gives the keypoint names, the flip pairs and, with
+        ``use_udp=None``, the targets the model was trained on: UDP-DARK (UDP targets) or the quarter-pixel decoder
+        and the flip test's one-pixel shift (classic MSRA targets); ``use_udp=True`` / ``False`` sets them for all
+        crops and ``decoder`` overrides the decoder. The back-transform to the image follows the warp that cut the
+        crop (``crop_metadata["use_udp"]``).
+
         Args:
             outputs: the model output (``.heatmaps`` ``(N, K, h, w)``, any float dtype / device; optional
-                ``.num_keypoints`` ``(N,)`` for a padded mixed-dataset batch and ``.dataset_index`` ``(N,)``), or
-                the heatmaps tensor itself.
-            boxes: the boxes given to :meth:`preprocess` (same nesting). Or pass ``crop_metadata`` instead.
-            box_format: format of ``boxes`` (``"xywh"`` by default; taken from ``crop_metadata`` when given).
+                ``.num_keypoints`` ``(N,)`` for a padded mixed-dataset batch, ``.dataset_index`` ``(N,)`` and
+                ``.datasets``, the model's dataset metadata in head order), or the heatmaps tensor itself.
+            boxes: not accepted (an error that says so), except the BatchFeature of :meth:`preprocess` passed in
+                this place, where transformers' processor takes its boxes.
+            crop_metadata: the ``BatchFeature`` (or dict) returned by :meth:`preprocess`: it holds each crop's
+                centre, scale, rotation and warp. Required: boxes alone cannot say which ``padding_factor``,
+                ``scale_factor``, rotation or warp cut the crops.
+            box_format: format of the returned ``bbox``; must match ``crop_metadata`` (taken from it by default).
             flip_outputs: output (or heatmaps) of the model on the mirrored crops (:func:`flip_pixel_values`). They
-                are flipped back with the dataset's flip pairs (plus the one-pixel shift when not UDP) and
+                are flipped back with the dataset's flip pairs (plus the one-pixel shift for non-UDP crops) and
                 averaged with ``outputs`` before decoding, as the official flip test.
-            dataset: one dataset (name or info dict) for all crops, or a list with one per crop. By default the
-                processor's ``dataset`` (indexed by ``dataset_index`` when it lists several).
-            crop_metadata: the ``BatchFeature`` (or dict) returned by :meth:`preprocess`.
-            image_index: ``(N,)`` image of each crop when ``boxes`` is a flat ``(N, 4)`` list for several images.
+            dataset: one dataset (name or info dict) for all crops, or a list with one per crop. When the outputs
+                carry ``.datasets``, each crop's dataset is ``outputs.datasets[outputs.dataset_index[i]]`` and a
+                different ``dataset`` is an error; otherwise the processor's ``dataset`` is the default (indexed by
+                ``dataset_index`` when it lists several).
             dataset_index: ``(N,)`` head of each crop; by default ``outputs.dataset_index``.
 
         Returns:
@@ -615,40 +722,65 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         heatmaps = self._heatmaps_of(outputs, "outputs")
         n, channels, hm_h, hm_w = heatmaps.shape
         device = heatmaps.device
-        if crop_metadata is not None:
-            if boxes is not None:
-                raise ValueError("pass either boxes or crop_metadata, not both")
-            crops = self._crops_from_metadata(crop_metadata, box_format)
-        elif boxes is None:
-            raise ValueError("post_process_pose_estimation needs the boxes (or crop_metadata from preprocess)")
-        else:
-            crops = self._crops_from_boxes(boxes, box_format or "xywh", image_index, dataset)
+        if boxes is not None and crop_metadata is None and self._field(boxes, "center") is not None:
+            crop_metadata, boxes = boxes, None  # the BatchFeature of preprocess, passed where transformers has boxes
+        if boxes is not None:
+            raise ValueError(
+                "post_process_pose_estimation takes crop_metadata=<the BatchFeature returned by preprocess>, not "
+                "boxes=: the boxes do not say which padding_factor, scale_factor, rotation or warp (use_udp, the "
+                "crop's dataset) cut each crop, and rebuilding them from the processor's defaults is wrong when "
+                "preprocess was called with other values"
+            )
+        if crop_metadata is None:
+            raise ValueError("post_process_pose_estimation needs crop_metadata (the BatchFeature from preprocess)")
+        crops = self._crops_from_metadata(crop_metadata, box_format)
         if crops.center.shape[0] != n:
-            raise ValueError(f"the heatmaps hold {n} crops but {crops.center.shape[0]} boxes were given")
+            raise ValueError(f"the heatmaps hold {n} crops but crop_metadata describes {crops.center.shape[0]}")
 
-        if dataset_index is None and not isinstance(outputs, torch.Tensor):
-            dataset_index = self._field(outputs, "dataset_index")
-        entries, slots = self._datasets_per_crop(dataset, dataset_index, n)
-        num_keypoints = None if isinstance(outputs, torch.Tensor) else self._field(outputs, "num_keypoints")
-        self._check_channels(entries, slots, channels, num_keypoints, n)
+        entries, slots = self._crop_datasets(outputs, dataset, dataset_index, n)
+        self._check_channels(entries, slots, channels, self._field(outputs, "num_keypoints"), n)
+        # What the model was trained on (decoder, flip shift) vs the warp that cut each crop (back-transform).
+        targets_udp = self._udp_per_crop(None, entries, slots, n)
+        warp_udp = self._flags_for(crops.use_udp if crops.use_udp is not None else targets_udp, heatmaps)
 
         # Flip test: flip the mirrored heatmaps back and average, in float32 (as the official code, in numpy).
         work = heatmaps.float() if heatmaps.dtype != torch.float64 else heatmaps
         if flip_outputs is not None:
             flipped = self._heatmaps_of(flip_outputs, "flip_outputs")
             if flipped.shape != heatmaps.shape:
-                raise ValueError(f"flip_outputs heatmaps {tuple(flipped.shape)} differ from outputs {tuple(heatmaps.shape)}")
+                raise ValueError(
+                    f"flip_outputs heatmaps {tuple(flipped.shape)} differ from outputs {tuple(heatmaps.shape)}"
+                )
             padded = [list(e.flip_indices) + list(range(e.num_keypoints, channels)) for e in entries]
             perm = padded[0] if slots is None else torch.tensor([padded[s] for s in slots], dtype=torch.long)
-            back = flip_back(flipped.to(device=device, dtype=work.dtype), perm, shift=not crops.use_udp)
+            shift = self._flags_for(~targets_udp, heatmaps)
+            back = flip_back(flipped.to(device=device, dtype=work.dtype), perm, shift=shift)
             work = (work + back) * 0.5
 
-        crop_points, scores = self._codec(self._decoder(crops.use_udp), (hm_h, hm_w)).decode(work)
+        crop_points, scores = self._decode(work, targets_udp, (hm_h, hm_w))
         rotation = None if crops.rotation is None else crops.rotation.to(device)
         keypoints = crop_to_image(
-            crop_points, crops.center.to(device), crops.scale.to(device), self.input_size, rotation, crops.use_udp
+            crop_points, crops.center.to(device), crops.scale.to(device), self.input_size, rotation, warp_udp
         ).float()
         return self._group_results(keypoints, scores.float(), crops, entries, slots)
+
+    def _decode(
+        self, heatmaps: torch.Tensor, use_udp: torch.Tensor, heatmap_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode each crop with the decoder of its targets (UDP or not); one codec call per decoder present."""
+        decoders = [self._decoder(bool(flag)) for flag in use_udp.tolist()]
+        kinds = sorted(set(decoders))
+        if len(kinds) <= 1:
+            return self._codec(kinds[0] if kinds else self._decoder(True), heatmap_size).decode(heatmaps)
+        n, k = heatmaps.shape[:2]
+        coords = heatmaps.new_empty(n, k, 2)
+        scores = heatmaps.new_empty(n, k)
+        for kind in kinds:
+            index = torch.tensor([i for i, d in enumerate(decoders) if d == kind], device=heatmaps.device)
+            part_coords, part_scores = self._codec(kind, heatmap_size).decode(heatmaps.index_select(0, index))
+            coords.index_copy_(0, index, part_coords.to(coords.dtype))
+            scores.index_copy_(0, index, part_scores.to(scores.dtype))
+        return coords, scores
 
     def _crops_from_metadata(self, meta: Any, box_format: str | None) -> _Crops:
         center, scale, rotation, use_udp = self._crop_geometry(meta)
@@ -670,27 +802,6 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             image_index=index,
             num_images=num_images,
         )
-
-    def _crops_from_boxes(self, boxes: Any, box_format: str, image_index: Any, dataset: Any) -> _Crops:
-        box_format = check_box_format(box_format)
-        if image_index is not None:  # flat (N, 4) boxes with the image of each
-            flat = validate_boxes(_stack_if_tensors(boxes), box_format, name="boxes")
-            index = torch.as_tensor(image_index, dtype=torch.long).reshape(-1)
-            if index.numel() != flat.shape[0]:
-                raise ValueError(f"image_index has {index.numel()} entries for {flat.shape[0]} boxes")
-            if index.numel() and int(index.min()) < 0:
-                raise ValueError("image_index must be non-negative")
-            num_images = int(index.max()) + 1 if index.numel() else 0
-        else:  # the nesting of preprocess: one image's (M, 4) boxes, or one (M_i, 4) entry per image
-            nested = isinstance(boxes, (list, tuple)) and len(boxes) > 0 and _is_box_list(boxes[0])
-            nested = nested or (isinstance(boxes, (torch.Tensor, np.ndarray)) and boxes.ndim == 3)
-            per_image = _boxes_per_image(boxes, len(boxes), single=not nested, box_format=box_format)
-            flat = torch.cat(per_image)
-            index = torch.repeat_interleave(torch.arange(len(per_image)), torch.tensor([len(b) for b in per_image]))
-            num_images = len(per_image)
-        center, scale = self._center_scale(flat, box_format, self.input_size, self.padding_factor)
-        use_udp = self._use_udp(None, dataset if dataset is not None else self.dataset)
-        return _Crops(center, scale, None, use_udp, flat, index, num_images)
 
     @staticmethod
     def _check_channels(
