@@ -1,6 +1,7 @@
 """Forward-pass speed of ViTPose-B / ViTPose++-B against transformers' VitPose with the same weights, in one run.
 
-    python benchmarks/bench_model.py [--batch 8] [--repeats 9] [--device cpu|cuda] [--decoder classic|simple] [--no-compile]
+    python benchmarks/bench_model.py [--batch 8] [--repeats 9] [--device cpu|cuda] [--decoder classic|simple]
+        [--no-compile]
 
 Prints, row by row as measured: the machine (CPU model and ISA flags, whether bf16 is native), median times, the
 median of interleaved ratios ours / transformers, achieved GFLOP/s and a plain matmul's GFLOP/s in the same run
@@ -109,6 +110,7 @@ def caller(model, x, autocast, **kwargs):
     def call():
         with torch.inference_mode(), autocast:
             model(x, **kwargs)
+
     return call
 
 
@@ -118,24 +120,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decoder", default="classic", choices=["classic", "simple"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min on CPU)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min on CPU)"
+    )
     args = parser.parse_args()
     device, repeats = args.device, args.repeats
     suffix = "-simple" if args.decoder == "simple" else ""
     x = torch.randn(args.batch, 3, 256, 192, device=device)
     description, bf16_native = machine(device)
     print(description, flush=True)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 256x192", flush=True)
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 256x192",
+        flush=True,
+    )
 
     ours, theirs = build_pair(f"vitpose-b{suffix}", device)
     flops = count_flops(ours, x)
     print(f"ViTPose-B{suffix}: {flops / args.batch / 1e9:.1f} GFLOP per crop", flush=True)
-    header = f"{'row':34} {'ours s':>8} {'ref s':>8} {'ratio':>6} {'ours GFLOP/s':>13} {'matmul GFLOP/s':>15} {'% of matmul':>11}"
+    header = (
+        f"{'row':34} {'ours s':>8} {'ref s':>8} {'ratio':>6} {'ours GFLOP/s':>13} {'matmul GFLOP/s':>15} "
+        f"{'% of matmul':>11}"
+    )
     print(header, flush=True)
 
     def row(name, t_ours, t_ref, ratio, peak):
-        print(f"{name:34} {t_ours:8.3f} {t_ref:8.3f} {ratio:6.2f} {flops / t_ours / 1e9:13.0f} {peak:15.0f} "
-              f"{100 * flops / t_ours / 1e9 / peak:10.0f}%", flush=True)
+        print(
+            f"{name:34} {t_ours:8.3f} {t_ref:8.3f} {ratio:6.2f} {flops / t_ours / 1e9:13.0f} {peak:15.0f} "
+            f"{100 * flops / t_ours / 1e9 / peak:10.0f}%",
+            flush=True,
+        )
 
     device_type = device.split(":")[0]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

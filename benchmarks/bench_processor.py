@@ -89,9 +89,9 @@ def run_cases(repeats: int) -> list[tuple[str, float, float]]:
         heatmaps = make_heatmaps(people, rng)
         outputs = VitPoseEstimatorOutput(heatmaps=heatmaps)
         crops = ours(image, person_boxes)  # the crop metadata post-processing maps back with
-        ours_ms = median_ms(lambda: ours.post_process_pose_estimation(outputs, crop_metadata=crops), repeats)
+        ours_ms = median_ms(lambda o=outputs, c=crops: ours.post_process_pose_estimation(o, crop_metadata=c), repeats)
         theirs_ms = median_ms(
-            lambda: theirs.post_process_pose_estimation(outputs, boxes=[person_boxes]), max(5, repeats // 3)
+            lambda o=outputs, b=person_boxes: theirs.post_process_pose_estimation(o, boxes=[b]), max(5, repeats // 3)
         )
         rows.append((f"post-process {people} people (17x64x48)", ours_ms, theirs_ms))
     return rows

@@ -1,4 +1,4 @@
-"""Training throughput of the real training loop (`vitpose_hf.training.train`), and how much of it is spent waiting for data.
+"""Training throughput of the real training loop (`vitpose_hf.training.train`), and the share spent waiting for data.
 
     python benchmarks/bench_training.py                       # ViTPose-S, CPU (and ViTPose-B bf16 when CUDA is there)
     python benchmarks/bench_training.py --steps 8 --batch 8 --workers 2 --skip-gpu
@@ -23,16 +23,23 @@ from pathlib import Path
 import datasets
 import torch
 
-from vitpose_hf.training import train as train_module
-from vitpose_hf.data.transforms import AugmentConfig, InstanceTable, TopDownDataset, TopDownSource, TopDownTransform
 from vitpose_hf.data.hub_dataset import explode_instances, write_layout
-from vitpose_hf.testing import synthetic_keypoint_dataset
+from vitpose_hf.data.transforms import AugmentConfig, InstanceTable, TopDownDataset, TopDownSource, TopDownTransform
 from vitpose_hf.keypoint_metadata import get_dataset_info
+from vitpose_hf.testing import synthetic_keypoint_dataset
+from vitpose_hf.training import train as train_module
 
 
 def make_data(folder: Path, images: int) -> Path:
-    train = synthetic_keypoint_dataset("coco", num_images=images, image_size=(480, 640), max_figures=3,
-                                       figure_height=(0.4, 0.9), image_format="JPEG", seed=0)
+    train = synthetic_keypoint_dataset(
+        "coco",
+        num_images=images,
+        image_size=(480, 640),
+        max_figures=3,
+        figure_height=(0.4, 0.9),
+        image_format="JPEG",
+        seed=0,
+    )
     datasets.DatasetDict(train=train).save_to_disk(str(folder))
     write_layout(get_dataset_info("coco"), folder)
     return folder
@@ -45,7 +52,13 @@ def pipeline_cost(folder: Path, input_size: tuple[int, int], samples: int = 100)
     images = datasets.load_from_disk(str(folder))["train"]
     instances, _ = explode_instances(images, 17)
     transform = TopDownTransform("coco", input_size, (input_size[0] // 4, input_size[1] // 4), AugmentConfig())
-    dataset = TopDownDataset([TopDownSource("coco", images.select_columns(["image"]), InstanceTable.from_dataset(instances, 17), transform, 0)])
+    dataset = TopDownDataset(
+        [
+            TopDownSource(
+                "coco", images.select_columns(["image"]), InstanceTable.from_dataset(instances, 17), transform, 0
+            )
+        ]
+    )
     n = len(dataset)
     for i in range(5):
         dataset[(0, i % n, i)]
@@ -62,9 +75,25 @@ def run(size: str, folder: Path, output: Path, steps: int, batch: int, workers: 
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    argv = ["--model_size", size, "--dataset_name", str(folder), "--output_dir", str(output),
-            "--max_train_steps", str(steps + 1), "--logging_steps", str(steps + 1), "--per_device_train_batch_size", str(batch),
-            "--dataloader_num_workers", str(workers), "--warmup_steps", "1", *extra]
+    argv = [
+        "--model_size",
+        size,
+        "--dataset_name",
+        str(folder),
+        "--output_dir",
+        str(output),
+        "--max_train_steps",
+        str(steps + 1),
+        "--logging_steps",
+        str(steps + 1),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--dataloader_num_workers",
+        str(workers),
+        "--warmup_steps",
+        "1",
+        *extra,
+    ]
     train_module.main(argv)
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     last = [r for r in log if "samples_per_second" in r][-1]  # steps 2..N+1: step 1 (start-up) is its own window
@@ -87,21 +116,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_data(Path(tmp) / "data", args.images)
         cost = pipeline_cost(folder, (256, 192))
-        print(f"data pipeline: {1000 * cost:.1f} ms per sample in one process (JPEG 640x480, official augmentation, "
-              f"256x192 UDP crop, 17 targets)")
+        print(
+            f"data pipeline: {1000 * cost:.1f} ms per sample in one process (JPEG 640x480, official augmentation, "
+            f"256x192 UDP crop, 17 targets)"
+        )
         threads = torch.get_num_threads()
-        record = run("s", folder, Path(tmp) / "cpu", args.steps, args.batch, args.workers, ["--cpu", "--mixed_precision", "no"])
+        record = run(
+            "s", folder, Path(tmp) / "cpu", args.steps, args.batch, args.workers, ["--cpu", "--mixed_precision", "no"]
+        )
         rows.append(("ViTPose-S", "cpu fp32", args.batch, args.workers, record))
         if torch.cuda.is_available() and not args.skip_gpu:
-            record = run("b", folder, Path(tmp) / "gpu", args.gpu_steps, args.gpu_batch, args.gpu_workers, ["--mixed_precision", "bf16"])
+            record = run(
+                "b",
+                folder,
+                Path(tmp) / "gpu",
+                args.gpu_steps,
+                args.gpu_batch,
+                args.gpu_workers,
+                ["--mixed_precision", "bf16"],
+            )
             rows.append(("ViTPose-B", f"{torch.cuda.get_device_name()} bf16", args.gpu_batch, args.gpu_workers, record))
     print()
-    print(f"{'model':<10} {'device':<28} {'batch':>5} {'workers':>7} {'samples/s':>10} {'data wait':>9} {'workers needed':>15}")
+    print(
+        f"{'model':<10} {'device':<28} {'batch':>5} {'workers':>7} {'samples/s':>10} {'data wait':>9} "
+        f"{'workers needed':>15}"
+    )
     for model, device, batch, workers, record in rows:
         sps = record["samples_per_second"]
-        print(f"{model:<10} {device:<28} {batch:>5} {workers:>7} {sps:>10.1f} {100 * record['data_wait_share']:>8.0f}% "
-              f"{sps * cost:>15.1f}")
-    print(f"\n(CPU torch threads in the main process: {threads}; 'workers needed' = samples/s x pipeline cost per sample)")
+        print(
+            f"{model:<10} {device:<28} {batch:>5} {workers:>7} {sps:>10.1f} {100 * record['data_wait_share']:>8.0f}% "
+            f"{sps * cost:>15.1f}"
+        )
+    print(
+        f"\n(CPU torch threads in the main process: {threads}; 'workers needed' = samples/s x pipeline cost per sample)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g))
 
 
-def official_state_dict(hidden=32, depth=2, patch=8, grid=(8, 6), experts=0, part=8, classic=True, head_k=(17,), cls_token=False, seed=0):
+def official_state_dict(
+    hidden=32, depth=2, patch=8, grid=(8, 6), experts=0, part=8, classic=True, head_k=(17,), cls_token=False, seed=0
+):
     """Random tensors with the key names and shapes of an official mmpose ViTPose / ViTPose++ checkpoint."""
     g = torch.Generator().manual_seed(seed)
 
@@ -49,15 +51,22 @@ def official_state_dict(hidden=32, depth=2, patch=8, grid=(8, 6), experts=0, par
         sd["backbone.cls_token"] = r(1, 1, C)
     for i in range(depth):
         p = f"backbone.blocks.{i}."
-        sd.update({
-            p + "norm1.weight": 1 + r(C), p + "norm1.bias": r(C),
-            p + "attn.qkv.weight": r(3 * C, C, scale=0.2), p + "attn.qkv.bias": r(3 * C),
-            p + "attn.proj.weight": r(C, C, scale=0.2), p + "attn.proj.bias": r(C),
-            p + "norm2.weight": 1 + r(C), p + "norm2.bias": r(C),
-            p + "mlp.fc1.weight": r(M, C, scale=0.2), p + "mlp.fc1.bias": r(M),
-            p + "mlp.fc2.weight": r(C - (part if experts else 0), M, scale=0.2),
-            p + "mlp.fc2.bias": r(C - (part if experts else 0)),
-        })
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(C),
+                p + "norm1.bias": r(C),
+                p + "attn.qkv.weight": r(3 * C, C, scale=0.2),
+                p + "attn.qkv.bias": r(3 * C),
+                p + "attn.proj.weight": r(C, C, scale=0.2),
+                p + "attn.proj.bias": r(C),
+                p + "norm2.weight": 1 + r(C),
+                p + "norm2.bias": r(C),
+                p + "mlp.fc1.weight": r(M, C, scale=0.2),
+                p + "mlp.fc1.bias": r(M),
+                p + "mlp.fc2.weight": r(C - (part if experts else 0), M, scale=0.2),
+                p + "mlp.fc2.bias": r(C - (part if experts else 0)),
+            }
+        )
         for e in range(experts):
             sd[p + f"mlp.experts.{e}.weight"] = r(part, M, scale=0.2)
             sd[p + f"mlp.experts.{e}.bias"] = r(part)
@@ -67,11 +76,15 @@ def official_state_dict(hidden=32, depth=2, patch=8, grid=(8, 6), experts=0, par
             sd[p + "deconv_layers.0.weight"] = r(C, 16, 4, 4, scale=0.2)
             sd[p + "deconv_layers.3.weight"] = r(16, 16, 4, 4, scale=0.2)
             for j in (1, 4):
-                sd.update({
-                    p + f"deconv_layers.{j}.weight": 1 + r(16), p + f"deconv_layers.{j}.bias": r(16),
-                    p + f"deconv_layers.{j}.running_mean": r(16), p + f"deconv_layers.{j}.running_var": 1 + r(16).abs(),
-                    p + f"deconv_layers.{j}.num_batches_tracked": torch.tensor(100),
-                })
+                sd.update(
+                    {
+                        p + f"deconv_layers.{j}.weight": 1 + r(16),
+                        p + f"deconv_layers.{j}.bias": r(16),
+                        p + f"deconv_layers.{j}.running_mean": r(16),
+                        p + f"deconv_layers.{j}.running_var": 1 + r(16).abs(),
+                        p + f"deconv_layers.{j}.num_batches_tracked": torch.tensor(100),
+                    }
+                )
             sd[p + "final_layer.weight"] = r(k, 16, 1, 1, scale=0.3)
         else:
             sd[p + "final_layer.weight"] = r(k, C, 3, 3, scale=0.3)
@@ -79,7 +92,9 @@ def official_state_dict(hidden=32, depth=2, patch=8, grid=(8, 6), experts=0, par
     return sd
 
 
-def official_forward(sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int = 4, eps: float = 1e-6) -> torch.Tensor:
+def official_forward(
+    sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int = 4, eps: float = 1e-6
+) -> torch.Tensor:
     """The official ViTPose / ViTPose++ forward written with functional ops on the official keys.
 
     Follows mmpose's ViT/ViTMoE + TopdownHeatmapSimpleHead: padding-2 patch embed, pos_embed[1:] + pos_embed[:1],
@@ -98,7 +113,11 @@ def official_forward(sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int
     for i in range(depth):
         p = f"backbone.blocks.{i}."
         y = F.layer_norm(t, (C,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps)
-        qkv = F.linear(y, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(B, -1, 3, num_heads, D).permute(2, 0, 3, 1, 4)
+        qkv = (
+            F.linear(y, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
+            .reshape(B, -1, 3, num_heads, D)
+            .permute(2, 0, 3, 1, 4)
+        )
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = ((q * D**-0.5) @ k.transpose(-2, -1)).softmax(-1)
         o = (attn @ v).transpose(1, 2).reshape(B, -1, C)
@@ -110,7 +129,9 @@ def official_forward(sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int
         if n_exp and shared.shape[-1] < C:
             routed = 0
             for e in range(n_exp):  # the official way: every expert on every sample, masked
-                routed = routed + F.linear(hid, sd[p + f"mlp.experts.{e}.weight"], sd[p + f"mlp.experts.{e}.bias"]) * (index == e)
+                routed = routed + F.linear(hid, sd[p + f"mlp.experts.{e}.weight"], sd[p + f"mlp.experts.{e}.bias"]) * (
+                    index == e
+                )
             shared = torch.cat([shared, routed], dim=-1)
         t = t + shared
     t = F.layer_norm(t, (C,), sd["backbone.last_norm.weight"], sd["backbone.last_norm.bias"], eps)
@@ -120,7 +141,11 @@ def official_forward(sd: dict, x: torch.Tensor, dataset: int = 0, num_heads: int
         for j in (0, 3):
             f = F.conv_transpose2d(f, sd[p + f"deconv_layers.{j}.weight"], stride=2, padding=1)
             b = p + f"deconv_layers.{j + 1}."
-            f = F.relu(F.batch_norm(f, sd[b + "running_mean"], sd[b + "running_var"], sd[b + "weight"], sd[b + "bias"], False, 0.0, 1e-5))
+            f = F.relu(
+                F.batch_norm(
+                    f, sd[b + "running_mean"], sd[b + "running_var"], sd[b + "weight"], sd[b + "bias"], False, 0.0, 1e-5
+                )
+            )
         return F.conv2d(f, sd[p + "final_layer.weight"], sd[p + "final_layer.bias"])
     f = F.interpolate(F.relu(f), scale_factor=4, mode="bilinear", align_corners=False)
     return F.conv2d(f, sd[p + "final_layer.weight"], sd[p + "final_layer.bias"], padding=1)

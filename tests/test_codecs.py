@@ -4,14 +4,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from reference_codecs import (
-    INPUT_WH,
-    ref_decode_msra,
-    ref_decode_udp_dark,
-    ref_flip_back,
-    ref_generate_target,
-    ref_targets,
-)
 
 from vitpose_hf.codecs import (
     MSRAHeatmap,
@@ -21,6 +13,15 @@ from vitpose_hf.codecs import (
     get_heatmap_maximum,
     opencv_gaussian_kernel,
     refine_keypoints_dark_udp,
+)
+
+from reference_codecs import (
+    INPUT_WH,
+    ref_decode_msra,
+    ref_decode_udp_dark,
+    ref_flip_back,
+    ref_generate_target,
+    ref_targets,
 )
 
 COCO_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
@@ -202,7 +203,9 @@ def test_decode_errors():
         codec.decode(torch.zeros(17, 64, 48))
     with pytest.raises(TypeError, match="floating point"):
         codec.decode(torch.zeros(1, 17, 64, 48, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"heatmaps are \(32, 24\) but this codec was built for heatmap_size \(64, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"heatmaps are \(32, 24\) but this codec was built for heatmap_size \(64, 48\)"
+    ):
         codec.decode(torch.zeros(1, 17, 32, 24))
 
 

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
-from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
 from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
 
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
-from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
 from vitpose_hf.cli.convert import convert, convert_official
+from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
+
+from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
 
 X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
@@ -21,11 +22,21 @@ X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 def build_transformers(tmp_path, simple: bool, experts: int, eps: float | None = None, names=None, edges=None):
     kwargs = {} if eps is None else {"layer_norm_eps": eps}
     backbone = VitPoseBackboneConfig(
-        image_size=(64, 48), patch_size=(8, 8), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_experts=experts, part_features=8 if experts > 1 else 0, out_indices=[2], **kwargs,
+        image_size=(64, 48),
+        patch_size=(8, 8),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_experts=experts,
+        part_features=8 if experts > 1 else 0,
+        out_indices=[2],
+        **kwargs,
     )
-    labels = {"num_labels": 17} if names is None else {
-        "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    labels = (
+        {"num_labels": 17}
+        if names is None
+        else {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    )
     if edges is not None:
         labels["edges"] = edges
     torch.manual_seed(0)
@@ -40,7 +51,9 @@ def build_transformers(tmp_path, simple: bool, experts: int, eps: float | None =
     return model, path
 
 
-@pytest.mark.parametrize("simple,experts", [(True, 1), (False, 1), (False, 6)], ids=["dense-simple", "dense-classic", "moe-classic"])
+@pytest.mark.parametrize(
+    "simple,experts", [(True, 1), (False, 1), (False, 6)], ids=["dense-simple", "dense-classic", "moe-classic"]
+)
 def test_transformers_parity(tmp_path, simple, experts):
     reference, path = build_transformers(tmp_path, simple, experts)
     ours = ViTPoseForPoseEstimation.from_pretrained(path).eval()
@@ -54,7 +67,12 @@ def test_transformers_parity(tmp_path, simple, experts):
             assert got.shape == expected.shape == (3, 17, 32, 24)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"expert {k}")
         # the default for a transformers ViTPose++ checkpoint is the COCO expert, the one its COCO head matches
-        torch.testing.assert_close(ours(X).heatmaps, reference(X, **({"dataset_index": torch.zeros(3, dtype=torch.long)} if experts > 1 else {})).heatmaps, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ours(X).heatmaps,
+            reference(X, **({"dataset_index": torch.zeros(3, dtype=torch.long)} if experts > 1 else {})).heatmaps,
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_transformers_eps_is_read_from_config(tmp_path):
@@ -67,14 +85,27 @@ def test_transformers_eps_is_read_from_config(tmp_path):
 
 def test_export_to_transformers_round_trip(tmp_path):
     torch.manual_seed(0)
-    ours = ViTPoseForPoseEstimation(ViTPoseConfig.from_preset("vitpose-plus-b", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8, part_features=8)).eval()
+    ours = ViTPoseForPoseEstimation(
+        ViTPoseConfig.from_preset(
+            "vitpose-plus-b",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=(64, 48),
+            patch_size=8,
+            part_features=8,
+        )
+    ).eval()
     randomize_batchnorm(ours)
     ours.save_pretrained(tmp_path / "ours")
     convert(str(tmp_path / "ours"), str(tmp_path / "hf"), to="transformers", dataset="ap10k")
     reference = VitPoseForPoseEstimation.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            reference(X, dataset_index=torch.full((3,), 3)).heatmaps, ours(X, dataset_index="ap10k").heatmaps, atol=1e-5, rtol=0
+            reference(X, dataset_index=torch.full((3,), 3)).heatmaps,
+            ours(X, dataset_index="ap10k").heatmaps,
+            atol=1e-5,
+            rtol=0,
         )
 
 
@@ -106,14 +137,26 @@ def test_convert_cli_writes_loadable_folder(tmp_path):
     sd = official_state_dict(**OFFICIAL_CASES["vitpose-plus"])
     torch.save({"state_dict": sd}, tmp_path / "plus.pth")
     out = subprocess.run(
-        [sys.executable, "-m", "vitpose_hf.cli.convert", str(tmp_path / "plus.pth"), str(tmp_path / "out"), "--num-attention-heads", "4"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "vitpose_hf.cli.convert",
+            str(tmp_path / "plus.pth"),
+            str(tmp_path / "out"),
+            "--num-attention-heads",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "6 expert(s)" in out.stdout
     model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out").eval()
     assert model.config.dataset_names == ["coco", "aic", "mpii", "ap10k", "apt36k", "wholebody"]
     with torch.no_grad():
-        torch.testing.assert_close(model(X, dataset_index=5).heatmaps, official_forward(sd, X, dataset=5), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(X, dataset_index=5).heatmaps, official_forward(sd, X, dataset=5), atol=1e-5, rtol=1e-5
+        )
     # one dataset, dense: the expert merged into fc2
     convert(str(tmp_path / "out"), str(tmp_path / "wb"), dataset="wholebody")
     dense = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "wb").eval()
@@ -158,7 +201,9 @@ def test_leftover_and_missing_keys_are_named(tmp_path):
 def test_missing_key_in_our_checkpoint_is_an_error(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    model = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8))
+    model = ViTPoseForPoseEstimation(
+        ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8)
+    )
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     del weights["backbone.last_norm.bias"]
@@ -184,7 +229,14 @@ def test_architecture_is_read_from_tensor_shapes(name, width, depth, heads, expe
     shapes = {"backbone.pos_embed": (1, 193, C), "backbone.patch_embed.proj.weight": (C, 3, 16, 16)}
     for i in range(depth):
         p = f"backbone.blocks.{i}."
-        shapes.update({p + "attn.qkv.weight": (3 * C, C), p + "attn.qkv.bias": (3 * C,), p + "mlp.fc1.weight": (M, C), p + "mlp.fc2.weight": (C - part, M)})
+        shapes.update(
+            {
+                p + "attn.qkv.weight": (3 * C, C),
+                p + "attn.qkv.bias": (3 * C,),
+                p + "mlp.fc1.weight": (M, C),
+                p + "mlp.fc2.weight": (C - part, M),
+            }
+        )
         shapes.update({p + f"mlp.experts.{e}.weight": (part, M) for e in range(experts if experts > 1 else 0)})
     ks = PLUS_K if experts > 1 else [17]
     for h, k in enumerate(ks):
@@ -197,7 +249,16 @@ def test_architecture_is_read_from_tensor_shapes(name, width, depth, heads, expe
     sd = convert_official_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()})
     config = ViTPoseConfig(**infer_official_config(sd))
     preset = ViTPoseConfig.from_preset(name)
-    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts", "part_features", "decoder", "drop_path_rate", "image_size"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_experts",
+        "part_features",
+        "decoder",
+        "drop_path_rate",
+        "image_size",
+    ):
         assert getattr(config, field) == getattr(preset, field), field
     assert config.dataset_names == preset.dataset_names
 
@@ -205,7 +266,11 @@ def test_architecture_is_read_from_tensor_shapes(name, width, depth, heads, expe
 # official ViTPose-S (configs/body/.../coco/ViTPose_small_coco_256x192.py since 2023-01): embed_dim, depth, heads,
 # drop path; the classic decoder
 VITPOSE_S = {
-    "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12, "drop_path_rate": 0.1, "decoder": "classic",
+    "hidden_size": 384,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "drop_path_rate": 0.1,
+    "decoder": "classic",
 }
 
 
@@ -264,7 +329,9 @@ def test_vitpose_hf_convert_command(tmp_path, capsys):
     assert "datasets ['coco', 'aic', 'mpii']" in capsys.readouterr().out
     model = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(X, dataset_index="mpii").heatmaps, official_forward(sd, X, dataset=2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(X, dataset_index="mpii").heatmaps, official_forward(sd, X, dataset=2), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_convert_detects_a_transformers_folder(tmp_path):
@@ -274,7 +341,10 @@ def test_convert_detects_a_transformers_folder(tmp_path):
     assert ours.config.model_type == "vitpose_hf" and ours.config.num_experts == 6
     with torch.no_grad():
         torch.testing.assert_close(
-            ours(X, expert_index=2).heatmaps, reference(X, dataset_index=torch.full((3,), 2)).heatmaps, atol=1e-5, rtol=0
+            ours(X, expert_index=2).heatmaps,
+            reference(X, dataset_index=torch.full((3,), 2)).heatmaps,
+            atol=1e-5,
+            rtol=0,
         )
 
 
@@ -306,8 +376,9 @@ def test_strict_false_only_warns_naming_the_keys(tmp_path, caplog):
 
     from safetensors.torch import load_file, save_file
 
-    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                           patch_size=8)
+    config = ViTPoseConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8
+    )
     saved = ViTPoseForPoseEstimation(config)
     with torch.no_grad():
         saved.backbone.last_norm.weight.normal_()
@@ -338,13 +409,61 @@ def test_strict_false_only_warns_naming_the_keys(tmp_path, caplog):
 # ---- keypoint layout of transformers checkpoints, from id2label ----------------------------------------------------
 
 # id2label of the released transformers ViTPose checkpoints (convert_vitpose_to_hf.py)
-HF_COCO_NAMES = ["Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
-                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle"]
+HF_COCO_NAMES = [
+    "Nose",
+    "L_Eye",
+    "R_Eye",
+    "L_Ear",
+    "R_Ear",
+    "L_Shoulder",
+    "R_Shoulder",
+    "L_Elbow",
+    "R_Elbow",
+    "L_Wrist",
+    "R_Wrist",
+    "L_Hip",
+    "R_Hip",
+    "L_Knee",
+    "R_Knee",
+    "L_Ankle",
+    "R_Ankle",
+]
 # the AP-10K keypoints as the official ap10k_info.py spells them
-AP10K_OFFICIAL_NAMES = ["L_Eye", "R_Eye", "Nose", "Neck", "Root of tail", "L_Shoulder", "L_Elbow", "L_F_Paw",
-                        "R_Shoulder", "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw"]
-AIC_NAMES = ["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist", "right_hip",
-             "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top", "neck"]
+AP10K_OFFICIAL_NAMES = [
+    "L_Eye",
+    "R_Eye",
+    "Nose",
+    "Neck",
+    "Root of tail",
+    "L_Shoulder",
+    "L_Elbow",
+    "L_F_Paw",
+    "R_Shoulder",
+    "R_Elbow",
+    "R_F_Paw",
+    "L_Hip",
+    "L_Knee",
+    "L_B_Paw",
+    "R_Hip",
+    "R_Knee",
+    "R_B_Paw",
+]
+AIC_NAMES = [
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "head_top",
+    "neck",
+]
 
 
 def _other_side(name: str) -> str:
@@ -360,11 +479,15 @@ def _load_with_log(path, caplog):
     return model, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
 
-@pytest.mark.parametrize("names,expected", [
-    (HF_COCO_NAMES, "coco"),
-    (AP10K_OFFICIAL_NAMES, "ap10k"),  # regression: every 17-keypoint checkpoint became COCO
-    ([n.upper().replace("_", " ") for n in AIC_NAMES], "aic"),  # regression: 14 keypoints became "custom"
-], ids=["coco", "ap10k", "aic"])
+@pytest.mark.parametrize(
+    "names,expected",
+    [
+        (HF_COCO_NAMES, "coco"),
+        (AP10K_OFFICIAL_NAMES, "ap10k"),  # regression: every 17-keypoint checkpoint became COCO
+        ([n.upper().replace("_", " ") for n in AIC_NAMES], "aic"),  # regression: 14 keypoints became "custom"
+    ],
+    ids=["coco", "ap10k", "aic"],
+)
 def test_transformers_layout_is_matched_by_keypoint_names(tmp_path, caplog, names, expected):
     reference, path = build_transformers(tmp_path, True, 1, names=names)
     ours, warnings = _load_with_log(path, caplog)
@@ -373,8 +496,11 @@ def test_transformers_layout_is_matched_by_keypoint_names(tmp_path, caplog, name
     assert info["sigmas"] is not None
     # the flip pairs swap the checkpoint's own mirrored labels, all of them
     lowered = [n.lower() for n in names]
-    pairs = {frozenset((i, lowered.index(_other_side(n)))) for i, n in enumerate(lowered)
-             if _other_side(n) != n and _other_side(n) in lowered}
+    pairs = {
+        frozenset((i, lowered.index(_other_side(n))))
+        for i, n in enumerate(lowered)
+        if _other_side(n) != n and _other_side(n) in lowered
+    }
     assert {frozenset(p) for p in info["flip_pairs"]} == pairs
     assert len(pairs) == {"coco": 8, "ap10k": 7, "aic": 6}[expected]
     with torch.no_grad():

@@ -20,16 +20,32 @@ def grey_image(width=200, height=160, value=40):
 def coco_person(score=0.9, dataset="coco", box=(40.0, 20.0, 120.0, 130.0)):
     """A standing figure: points spread over the image, all with the same score."""
     points = {
-        "nose": (100, 30), "left_eye": (105, 26), "right_eye": (95, 26), "left_ear": (110, 30), "right_ear": (90, 30),
-        "left_shoulder": (125, 55), "right_shoulder": (75, 55), "left_elbow": (140, 85), "right_elbow": (60, 85),
-        "left_wrist": (150, 115), "right_wrist": (50, 115), "left_hip": (115, 105), "right_hip": (85, 105),
-        "left_knee": (118, 130), "right_knee": (82, 130), "left_ankle": (120, 148), "right_ankle": (80, 148),
+        "nose": (100, 30),
+        "left_eye": (105, 26),
+        "right_eye": (95, 26),
+        "left_ear": (110, 30),
+        "right_ear": (90, 30),
+        "left_shoulder": (125, 55),
+        "right_shoulder": (75, 55),
+        "left_elbow": (140, 85),
+        "right_elbow": (60, 85),
+        "left_wrist": (150, 115),
+        "right_wrist": (50, 115),
+        "left_hip": (115, 105),
+        "right_hip": (85, 105),
+        "left_knee": (118, 130),
+        "right_knee": (82, 130),
+        "left_ankle": (120, 148),
+        "right_ankle": (80, 148),
     }
     return {
         "box": list(box),
         "box_format": "xywh",
         "dataset": dataset,
-        "keypoints": [{"name": n, "x": float(points[n][0]), "y": float(points[n][1]), "score": score} for n in COCO["keypoint_names"]],
+        "keypoints": [
+            {"name": n, "x": float(points[n][0]), "y": float(points[n][1]), "score": score}
+            for n in COCO["keypoint_names"]
+        ],
     }
 
 
@@ -106,8 +122,13 @@ def test_box_is_drawn_in_its_format():
 def test_post_processor_results_and_input_kinds(tmp_path):
     person = coco_person()
     points = torch.tensor([[k["x"], k["y"]] for k in person["keypoints"]])
-    raw = {"keypoints": points, "scores": torch.full((17,), 0.9), "labels": COCO["keypoint_names"],
-           "bbox": torch.tensor(person["box"]), "dataset": "coco"}
+    raw = {
+        "keypoints": points,
+        "scores": torch.full((17,), 0.9),
+        "labels": COCO["keypoint_names"],
+        "bbox": torch.tensor(person["box"]),
+        "dataset": "coco",
+    }
     expected = np.asarray(draw(grey_image(), [person]))
     assert np.array_equal(np.asarray(draw(grey_image(), [raw])), expected)
     # no dataset entry: 17 keypoints means COCO
@@ -143,13 +164,26 @@ def test_wholebody_hands_are_drawn_from_the_hand_roots():
     names = info["keypoint_names"]
     points = np.full((133, 2), 5.0)
     scores = np.zeros(133)
-    placed = {"left_wrist": (30, 30), "left_hand_root": (100, 120), "left_thumb1": (170, 30),
-              "right_wrist": (30, 150), "right_hand_root": (60, 90), "right_pinky_finger1": (170, 150)}
+    placed = {
+        "left_wrist": (30, 30),
+        "left_hand_root": (100, 120),
+        "left_thumb1": (170, 30),
+        "right_wrist": (30, 150),
+        "right_hand_root": (60, 90),
+        "right_pinky_finger1": (170, 150),
+    }
     for name, xy in placed.items():
         points[names.index(name)] = xy
         scores[names.index(name)] = 1.0
-    out = draw(grey_image(200, 180), [{"keypoints": points, "scores": scores}], dataset="wholebody",
-               score_threshold=0.5, draw_boxes=False, radius=2, thickness=3)
+    out = draw(
+        grey_image(200, 180),
+        [{"keypoints": points, "scores": scores}],
+        dataset="wholebody",
+        score_threshold=0.5,
+        draw_boxes=False,
+        radius=2,
+        thickness=3,
+    )
     palette = PALETTES["wholebody"]
     assert pixel(out, (135, 75)) == palette["left_hand"]  # hand root -> thumb1
     assert pixel(out, (115, 120)) == palette["right_hand"]  # hand root -> pinky1
@@ -170,6 +204,10 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="score_threshold"):
         draw(grey_image(), [person], score_threshold="high")
     with pytest.raises(ValueError, match="4 keypoints but 3 scores"):
-        draw(grey_image(), [{"keypoints": np.zeros((4, 2)), "scores": [1, 1, 1]}], dataset={"name": "x", "keypoint_names": list("abcd")})
+        draw(
+            grey_image(),
+            [{"keypoints": np.zeros((4, 2)), "scores": [1, 1, 1]}],
+            dataset={"name": "x", "keypoint_names": list("abcd")},
+        )
     with pytest.raises(TypeError, match="unsupported image type"):
         draw(42, [person])

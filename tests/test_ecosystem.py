@@ -11,10 +11,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import official_forward, randomize_batchnorm, tiny_config, tiny_plus_config, to_official_keys
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vitpose_hf import ViTPoseForPoseEstimation
+
+from helpers import official_forward, randomize_batchnorm, tiny_config, tiny_plus_config, to_official_keys
 
 X = torch.randn(4, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
@@ -45,6 +46,7 @@ def heatmaps(model, x=X, autocast: bool = False, **kwargs) -> torch.Tensor:
 
 # ---- weights that change under the model: fused optimizers, .data, load_state_dict, .to -------------------------
 
+
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("build,kwargs", [(dense_model, {}), (plus_model, {"dataset_index": 3})], ids=["dense", "plus"])
 def test_fused_adamw_with_evaluation_in_between_sees_current_weights(build, kwargs, autocast):
@@ -71,11 +73,15 @@ def test_data_writes_load_state_dict_dtype_and_mode_switches_are_seen():
     heatmaps(model, dataset_index=0)
 
     def check(m, autocast=True):
-        assert torch.equal(heatmaps(m, autocast=autocast, dataset_index=0),
-                           heatmaps(copy.deepcopy(m), autocast=autocast, dataset_index=0))
+        assert torch.equal(
+            heatmaps(m, autocast=autocast, dataset_index=0),
+            heatmaps(copy.deepcopy(m), autocast=autocast, dataset_index=0),
+        )
 
     model.backbone.blocks[1].mlp.fc1.weight.data.mul_(3.0)
-    model.backbone.blocks[0].mlp.experts[0].weight.data = torch.randn_like(model.backbone.blocks[0].mlp.experts[0].weight)
+    model.backbone.blocks[0].mlp.experts[0].weight.data = torch.randn_like(
+        model.backbone.blocks[0].mlp.experts[0].weight
+    )
     check(model)
     model.load_state_dict(plus_model(seed=5).state_dict())
     check(model)
@@ -95,8 +101,16 @@ def test_the_model_holds_no_tensors_besides_parameters_and_buffers():
     heatmaps(model, autocast=True, dataset_index=2)
     heatmaps(model, dataset_index=torch.tensor([0, 1, 2, 2]))
     for name, module in model.named_modules():
-        extra = [k for k, v in vars(module).items() if isinstance(v, torch.Tensor) or (isinstance(v, dict) and k not in (
-            "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set") and any(isinstance(t, torch.Tensor) for t in v.values()))]
+        extra = [
+            k
+            for k, v in vars(module).items()
+            if isinstance(v, torch.Tensor)
+            or (
+                isinstance(v, dict)
+                and k not in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+                and any(isinstance(t, torch.Tensor) for t in v.values())
+            )
+        ]
         assert not extra, (name, extra)
 
 
@@ -116,7 +130,9 @@ def lora_merged_state(peft_model) -> dict:
             A, B = module.lora_A["default"].weight, module.lora_B["default"].weight
             state[name + ".weight"] = base.weight + module.scaling["default"] * (B @ A)
             state[name + ".bias"] = base.bias
-    plain = {k.replace(".base_layer", ""): v for k, v in peft_model.base_model.model.state_dict().items() if "lora_" not in k}
+    plain = {
+        k.replace(".base_layer", ""): v for k, v in peft_model.base_model.model.state_dict().items() if "lora_" not in k
+    }
     plain.update(state)
     return {k: v.detach() for k, v in plain.items()}
 
@@ -124,18 +140,24 @@ def lora_merged_state(peft_model) -> dict:
 def test_peft_lora_on_every_projection_adds_b_a_x():
     peft = pytest.importorskip("peft")
     model = plus_model()
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False))
+    lora = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    )
     wrapped = [n for n, m in lora.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
     assert len(wrapped) == 2 * (4 + 6)  # per block: qkv, proj, fc1, fc2 and six experts
     sd = to_official_keys(lora_merged_state(lora))
     index = torch.tensor([5, 0, 3, 3])
     with torch.no_grad():
         for d in (0, 3, 5):  # one-dataset batches
-            torch.testing.assert_close(lora(X, dataset_index=d).heatmaps, official_forward(sd, X, dataset=d), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                lora(X, dataset_index=d).heatmaps, official_forward(sd, X, dataset=d), atol=1e-5, rtol=1e-5
+            )
         mixed = lora(X, dataset_index=index)
         for i, d in enumerate(index.tolist()):  # each sample of a mixed batch through its own LoRA expert
             k = model.config.num_keypoints[d]
-            torch.testing.assert_close(mixed.heatmaps[i : i + 1, :k], official_forward(sd, X[i : i + 1], dataset=d), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                mixed.heatmaps[i : i + 1, :k], official_forward(sd, X[i : i + 1], dataset=d), atol=1e-5, rtol=1e-5
+            )
         merged = lora.merge_and_unload()
         torch.testing.assert_close(merged(X, dataset_index=index).heatmaps, mixed.heatmaps, atol=1e-5, rtol=1e-5)
 
@@ -143,12 +165,16 @@ def test_peft_lora_on_every_projection_adds_b_a_x():
 def test_peft_lora_on_fc1_applies_before_the_gelu():
     """A forward hook on the LoRA-wrapped fc1 sees exactly W x + b + s B A x, and the FFN applies GELU to it."""
     peft = pytest.importorskip("peft")
-    lora = peft.get_peft_model(dense_model(), peft.LoraConfig(r=2, lora_alpha=2, target_modules=["fc1"], init_lora_weights=False))
+    lora = peft.get_peft_model(
+        dense_model(), peft.LoraConfig(r=2, lora_alpha=2, target_modules=["fc1"], init_lora_weights=False)
+    )
     layer = lora.base_model.model.backbone.blocks[0].mlp.fc1
     seen = {}
     layer.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
     act_in = {}
-    lora.base_model.model.backbone.blocks[0].mlp.act.register_forward_hook(lambda m, args, out: act_in.update(x=args[0], y=out))
+    lora.base_model.model.backbone.blocks[0].mlp.act.register_forward_hook(
+        lambda m, args, out: act_in.update(x=args[0], y=out)
+    )
     with torch.no_grad():
         lora(X)
     W, b = layer.base_layer.weight, layer.base_layer.bias
@@ -164,7 +190,9 @@ def test_forward_hooks_on_every_linear_fire_for_dense_and_mixed_batches():
     calls = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
-            module.register_forward_hook(lambda m, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + a[0].shape[0]))
+            module.register_forward_hook(
+                lambda m, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + a[0].shape[0])
+            )
     with torch.no_grad():
         model(X, dataset_index=torch.tensor([0, 2, 2, 5]))
     for i in range(2):
@@ -175,6 +203,7 @@ def test_forward_hooks_on_every_linear_fire_for_dense_and_mixed_batches():
 
 
 # ---- inference_mode, autocast ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_built_and_run_under_inference_mode(autocast):
@@ -231,6 +260,7 @@ def test_bf16_error_is_no_worse_than_transformers_with_the_same_weights(tmp_path
 
 # ---- compile, graph breaks, host syncs -----------------------------------------------------------------------------
 
+
 class CountSyncs(TorchDispatchMode):
     """Counts the ops that copy a device value to the host (`.item()`, `bool(t)`, `.tolist()`)."""
 
@@ -246,8 +276,12 @@ class CountSyncs(TorchDispatchMode):
 
 @pytest.mark.parametrize(
     "build,kwargs",
-    [(dense_model, {}), (plus_model, {"dataset_index": 3}), (plus_model, {"dataset_index": "wholebody"}),
-     (plus_model, {"dataset_index": np.int64(1)})],
+    [
+        (dense_model, {}),
+        (plus_model, {"dataset_index": 3}),
+        (plus_model, {"dataset_index": "wholebody"}),
+        (plus_model, {"dataset_index": np.int64(1)}),
+    ],
     ids=["dense", "plus-int", "plus-name", "plus-numpy-int"],
 )
 def test_no_host_sync_in_forward(build, kwargs):
@@ -283,11 +317,19 @@ def test_compiled_model_equals_eager():
     model = plus_model()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(X, dataset_index=2).heatmaps, model(X, dataset_index=2).heatmaps, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(compiled(X[:2], dataset_index="ap10k").heatmaps, model(X[:2], dataset_index=3).heatmaps, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            compiled(X, dataset_index=2).heatmaps, model(X, dataset_index=2).heatmaps, atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            compiled(X[:2], dataset_index="ap10k").heatmaps,
+            model(X[:2], dataset_index=3).heatmaps,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
-# ---- attention implementations ----------------------------------------------------------------------------------------
+# ---- attention implementations -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", "flash_attention_2"])
 def test_attention_implementations_agree(tmp_path, implementation):
@@ -301,7 +343,11 @@ def test_attention_implementations_agree(tmp_path, implementation):
     model.save_pretrained(tmp_path)
     device = "cuda" if implementation == "flash_attention_2" else "cpu"
     dtype = torch.bfloat16 if implementation == "flash_attention_2" else torch.float32
-    loaded = ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation=implementation, dtype=dtype).to(device).eval()
+    loaded = (
+        ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation=implementation, dtype=dtype)
+        .to(device)
+        .eval()
+    )
     with torch.no_grad():
         out = loaded(X.to(device, dtype), dataset_index=1)
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
@@ -322,12 +368,17 @@ def test_eager_attention_maps_are_the_softmax_of_scaled_scores():
     torch.testing.assert_close(out.attentions[0], expected, atol=1e-6, rtol=1e-5)
 
 
-# ---- argument checks --------------------------------------------------------------------------------------------------
+# ---- argument checks -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "build,kwargs,k",
-    [(dense_model, {}, 17), (plus_model, {"dataset_index": 5}, 133), (plus_model, {"dataset_index": "aic"}, 14),
-     (plus_model, {"dataset_index": torch.tensor([2])}, 16)],
+    [
+        (dense_model, {}, 17),
+        (plus_model, {"dataset_index": 5}, 133),
+        (plus_model, {"dataset_index": "aic"}, 14),
+        (plus_model, {"dataset_index": torch.tensor([2])}, 16),
+    ],
     ids=["dense", "plus-int", "plus-name", "plus-one-element-tensor"],
 )
 def test_empty_batch_gives_empty_heatmaps(build, kwargs, k):
@@ -345,8 +396,14 @@ def test_empty_batch_trains_to_a_zero_loss():
 
 @pytest.mark.parametrize(
     "index,expected",
-    [(np.int64(2), [2] * 4), (np.array([0, 1, 2, 3]), [0, 1, 2, 3]), ([5, "coco", np.int32(3), 3], [5, 0, 3, 3]),
-     ((1, 1, 1, 1), [1] * 4), (torch.tensor([[4]]), [4] * 4), (torch.tensor([3, 3, 3, 3], dtype=torch.int32), [3] * 4)],
+    [
+        (np.int64(2), [2] * 4),
+        (np.array([0, 1, 2, 3]), [0, 1, 2, 3]),
+        ([5, "coco", np.int32(3), 3], [5, 0, 3, 3]),
+        ((1, 1, 1, 1), [1] * 4),
+        (torch.tensor([[4]]), [4] * 4),
+        (torch.tensor([3, 3, 3, 3], dtype=torch.int32), [3] * 4),
+    ],
 )
 def test_dataset_index_forms(index, expected):
     model = plus_model()
@@ -355,10 +412,14 @@ def test_dataset_index_forms(index, expected):
         assert out.dataset_index.tolist() == expected
         for i, d in enumerate(expected):
             k = model.config.num_keypoints[d]
-            torch.testing.assert_close(out.heatmaps[i, :k], model(X[i : i + 1], dataset_index=d).heatmaps[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                out.heatmaps[i, :k], model(X[i : i + 1], dataset_index=d).heatmaps[0], atol=1e-5, rtol=1e-5
+            )
 
 
-@pytest.mark.parametrize("index", [True, np.bool_(False), [0, True, 0, 0], torch.tensor([True, False, True, True]), np.array([1.0] * 4)])
+@pytest.mark.parametrize(
+    "index", [True, np.bool_(False), [0, True, 0, 0], torch.tensor([True, False, True, True]), np.array([1.0] * 4)]
+)
 def test_bool_and_float_dataset_indices_are_refused(index):
     with pytest.raises(ValueError, match="bool|integers"):
         plus_model()(X, dataset_index=index)

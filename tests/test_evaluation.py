@@ -110,13 +110,25 @@ def perturbed_predictions(gt, seed, sigmas, *, noise=0.7, extra=True):
         unlabelled = kps[:, 2] == 0
         out[unlabelled, :2] = [x + w / 2, y + h / 2]
         out[:, 2] = rng.uniform(0.05, 1.0, size=len(kps))
-        preds.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                      "keypoints": out.reshape(-1).tolist(), "score": float(rng.uniform(0.3, 1.0))})
+        preds.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "keypoints": out.reshape(-1).tolist(),
+                "score": float(rng.uniform(0.3, 1.0)),
+            }
+        )
         if extra and rng.random() < 0.4:
             dup = out.copy()
             dup[:, :2] += rng.normal(0, 1, size=(len(kps), 2)) * 3 * std
-            preds.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                          "keypoints": dup.reshape(-1).tolist(), "score": float(rng.uniform(0.0, 0.5))})
+            preds.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "keypoints": dup.reshape(-1).tolist(),
+                    "score": float(rng.uniform(0.0, 0.5)),
+                }
+            )
     return preds
 
 
@@ -166,8 +178,11 @@ def test_perturbed_predictions_match_tools(shared_data, dataset, seed):
 def test_ground_truth_as_predictions_gives_ap_one(shared_data, dataset):
     rel, _ = DATASET_FILES[dataset]
     gt = load(shared_data, rel)
-    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
-             for a in gt["annotations"] if any(v > 0 for v in a["keypoints"][2::3])]
+    preds = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
+        for a in gt["annotations"]
+        if any(v > 0 for v in a["keypoints"][2::3])
+    ]
     ours = coco_keypoint_metrics(shared_data / rel, preds, dataset)
     assert ours["AP"] == pytest.approx(1.0, abs=TOL)
     assert ours["AR"] == pytest.approx(1.0, abs=TOL)
@@ -226,7 +241,9 @@ def test_crowdpose_needs_xtcocotools(shared_data, monkeypatch):
 # COCO-WholeBody
 # ------------------------------------------------------------------------------------------------------------------
 def _flat_wholebody(entry):
-    return entry["keypoints"] + entry["foot_kpts"] + entry["face_kpts"] + entry["lefthand_kpts"] + entry["righthand_kpts"]
+    return (
+        entry["keypoints"] + entry["foot_kpts"] + entry["face_kpts"] + entry["lefthand_kpts"] + entry["righthand_kpts"]
+    )
 
 
 def _check_wholebody(ours, gt_path, preds):
@@ -235,8 +252,7 @@ def _check_wholebody(ours, gt_path, preds):
     for part, iou_type, _ in WB_PARTS:
         start, end = parts[part]
         ref = xtcoco_stats(gt_path, preds, iou_type, sigmas[start:end])
-        np.testing.assert_allclose(as_array(ours, COCO_METRIC_NAMES, f"{part}/"), ref, atol=TOL, rtol=0,
-                                   err_msg=part)
+        np.testing.assert_allclose(as_array(ours, COCO_METRIC_NAMES, f"{part}/"), ref, atol=TOL, rtol=0, err_msg=part)
     ref = xtcoco_stats(gt_path, preds, "keypoints_wholebody", sigmas)
     np.testing.assert_allclose(as_array(ours, COCO_METRIC_NAMES), ref, atol=TOL, rtol=0)
 
@@ -248,8 +264,15 @@ def test_wholebody_example_matches_xtcocotools(shared_data):
     ours = coco_keypoint_metrics(gt_path, preds, "wholebody")
     _check_wholebody(ours, gt_path, preds)
     # the same predictions with all 133 keypoints in one flat list
-    flat = [{"image_id": p["image_id"], "category_id": p["category_id"], "keypoints": _flat_wholebody(p),
-             "score": p["score"]} for p in preds]
+    flat = [
+        {
+            "image_id": p["image_id"],
+            "category_id": p["category_id"],
+            "keypoints": _flat_wholebody(p),
+            "score": p["score"],
+        }
+        for p in preds
+    ]
     assert coco_keypoint_metrics(gt_path, flat, "coco_wholebody") == ours
 
 
@@ -266,7 +289,7 @@ def test_wholebody_part_scores_and_flat_ground_truth(shared_data):
         ann = next(a for a in anns if a["image_id"] == pred["image_id"])
         anns.remove(ann)
         entry = dict(pred)
-        for part, _, key in WB_PARTS[1:]:
+        for _part, _, key in WB_PARTS[1:]:
             kps = np.array(ann[key], dtype=np.float64).reshape(-1, 3)
             kps[:, :2] += rng.normal(0, 2.0, size=(len(kps), 2))
             kps[:, 2] = rng.uniform(0.05, 1.0, size=len(kps))
@@ -370,13 +393,15 @@ def random_poses(seed, num_images=3, per_image=8, k=17):
             # near-duplicates of a few "people" so that NMS has something to suppress
             pts = people[person] + rng.normal(0, rng.choice([0.5, 3.0, 15.0]), size=(k, 2))
             w, h = rng.uniform(60, 200, size=2)
-            poses.append({
-                "image_id": image_id,
-                "keypoints": pts,
-                "scores": rng.uniform(0.0, 1.0, size=k),
-                "box_score": float(rng.uniform(0.2, 1.0)),
-                "bbox": [float(base[0] - w / 2), float(base[1] - h / 2), float(w), float(h)],
-            })
+            poses.append(
+                {
+                    "image_id": image_id,
+                    "keypoints": pts,
+                    "scores": rng.uniform(0.0, 1.0, size=k),
+                    "box_score": float(rng.uniform(0.2, 1.0)),
+                    "bbox": [float(base[0] - w / 2), float(base[1] - h / 2), float(w), float(h)],
+                }
+            )
     return poses
 
 
@@ -427,8 +452,13 @@ def test_top_down_pipeline_and_export(shared_data, tmp_path):
     expected = []
     for image_id in (785, 40083, 196141):
         group = rescore_poses([p for p in poses if p["image_id"] == image_id])
-        keep = ref_oks_nms([p["keypoints"].tolist() for p in group], [p["score"] for p in group],
-                           [p["bbox"][2] * p["bbox"][3] for p in group], get_dataset_info("coco")["sigmas"], 0.9)
+        keep = ref_oks_nms(
+            [p["keypoints"].tolist() for p in group],
+            [p["score"] for p in group],
+            [p["bbox"][2] * p["bbox"][3] for p in group],
+            get_dataset_info("coco")["sigmas"],
+            0.9,
+        )
         expected += to_coco_results([group[i] for i in keep])
     assert results == expected
     entry = results[0]
@@ -450,8 +480,16 @@ def test_top_down_on_ground_truth_boxes_gives_ap_one(shared_data):
         kps = np.array(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
         if ann["num_keypoints"] == 0:
             continue
-        poses.append({"image_id": ann["image_id"], "keypoints": kps[:, :2], "scores": np.where(kps[:, 2] > 0, 0.9, 0.1),
-                      "box_score": 1.0, "bbox": ann["bbox"], "area": ann["area"]})
+        poses.append(
+            {
+                "image_id": ann["image_id"],
+                "keypoints": kps[:, :2],
+                "scores": np.where(kps[:, 2] > 0, 0.9, 0.1),
+                "box_score": 1.0,
+                "bbox": ann["bbox"],
+                "area": ann["area"],
+            }
+        )
     metrics = evaluate_top_down(shared_data / DATASET_FILES["coco"][0], poses)
     assert metrics["AP"] == pytest.approx(1.0, abs=TOL)
 
@@ -561,21 +599,25 @@ def _per_image(gt, preds, k):
     refs, per_pred = [], []
     for img in gt["images"]:
         anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
-        refs.append({
-            "image_id": img["id"],
-            "keypoints": [np.reshape(a["keypoints"], (k, 3)).tolist() for a in anns],
-            "bboxes": [a["bbox"] for a in anns],
-            "areas": [a.get("area", -1.0) for a in anns],
-            "iscrowd": [a.get("iscrowd", 0) for a in anns],
-            "category_ids": [a["category_id"] for a in anns],
-        })
+        refs.append(
+            {
+                "image_id": img["id"],
+                "keypoints": [np.reshape(a["keypoints"], (k, 3)).tolist() for a in anns],
+                "bboxes": [a["bbox"] for a in anns],
+                "areas": [a.get("area", -1.0) for a in anns],
+                "iscrowd": [a.get("iscrowd", 0) for a in anns],
+                "category_ids": [a["category_id"] for a in anns],
+            }
+        )
         mine = [p for p in preds if p["image_id"] == img["id"]]
-        per_pred.append({
-            "image_id": img["id"],
-            "keypoints": [np.reshape(p["keypoints"], (k, 3)).tolist() for p in mine],
-            "scores": [p["score"] for p in mine],
-            "category_ids": [p["category_id"] for p in mine],
-        })
+        per_pred.append(
+            {
+                "image_id": img["id"],
+                "keypoints": [np.reshape(p["keypoints"], (k, 3)).tolist() for p in mine],
+                "scores": [p["score"] for p in mine],
+                "category_ids": [p["category_id"] for p in mine],
+            }
+        )
     return per_pred, refs
 
 
@@ -624,8 +666,14 @@ def tiny_model_dir(tmp_path_factory):
     from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
 
     torch.manual_seed(0)
-    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                           patch_size=8, deconv_channels=16)
+    config = ViTPoseConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=(64, 48),
+        patch_size=8,
+        deconv_channels=16,
+    )
     path = tmp_path_factory.mktemp("tiny_vitpose")
     ViTPoseForPoseEstimation(config).save_pretrained(path)
     return path
@@ -650,9 +698,24 @@ def test_eval_cli_end_to_end_with_detections(shared_data, tiny_model_dir, tmp_pa
 
     coco = shared_data / "mmpose/coco"
     out = tmp_path / "out" / "results.json"
-    rc = main(["eval", str(tiny_model_dir), "--annotations", str(coco / "test_coco.json"),
-               "--bbox-file", str(coco / "test_coco_det_AP_H_56.json"), "--flip-test", "--batch-size", "128",
-               "--device", "cpu", "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--annotations",
+            str(coco / "test_coco.json"),
+            "--bbox-file",
+            str(coco / "test_coco_det_AP_H_56.json"),
+            "--flip-test",
+            "--batch-size",
+            "128",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     gt = load(shared_data, "mmpose/coco/test_coco.json")
     results = _check_results_file(out, gt, max_entries=118)  # 118 detections, fewer after OKS-NMS
@@ -683,12 +746,29 @@ def test_eval_annotations_apply_exif_orientation(shared_data, tiny_model_dir, tm
     PIL.Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / "rotated.png", exif=exif)
     results = {}
     for name in ("upright", "rotated"):
-        annotations = {**gt, "images": [{**image, "file_name": f"{name}.png"}],
-                       "annotations": [a for a in gt["annotations"] if a["image_id"] == image["id"]]}
+        annotations = {
+            **gt,
+            "images": [{**image, "file_name": f"{name}.png"}],
+            "annotations": [a for a in gt["annotations"] if a["image_id"] == image["id"]],
+        }
         (tmp_path / f"{name}.json").write_text(json.dumps(annotations))
         out = tmp_path / f"{name}_results.json"
-        assert main(["eval", str(tiny_model_dir), "--annotations", str(tmp_path / f"{name}.json"), "--device", "cpu",
-                     "--output", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(tiny_model_dir),
+                    "--annotations",
+                    str(tmp_path / f"{name}.json"),
+                    "--device",
+                    "cpu",
+                    "--output",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         results[name] = json.loads(out.read_text())
     assert results["upright"] and results["rotated"] == results["upright"]
 
@@ -703,24 +783,36 @@ def _hub_dataset_from_coco(shared_data, folder):
         rows["image_id"].append(img["id"])
         rows["width"].append(img["width"])
         rows["height"].append(img["height"])
-        rows["objects"].append([
-            {"id": a["id"], "bbox": a["bbox"], "keypoints": np.reshape(a["keypoints"], (17, 3)).tolist(),
-             "iscrowd": a["iscrowd"], "area": a["area"]}
-            for a in gt["annotations"] if a["image_id"] == img["id"]
-        ])
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "image_id": datasets.Value("int64"),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
-        "objects": datasets.List({
-            "id": datasets.Value("int64"),
-            "bbox": datasets.List(datasets.Value("float32"), length=4),
-            "keypoints": datasets.List(datasets.List(datasets.Value("float32"), length=3)),
-            "iscrowd": datasets.Value("int8"),
-            "area": datasets.Value("float32"),
-        }),
-    })
+        rows["objects"].append(
+            [
+                {
+                    "id": a["id"],
+                    "bbox": a["bbox"],
+                    "keypoints": np.reshape(a["keypoints"], (17, 3)).tolist(),
+                    "iscrowd": a["iscrowd"],
+                    "area": a["area"],
+                }
+                for a in gt["annotations"]
+                if a["image_id"] == img["id"]
+            ]
+        )
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("int64"),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "objects": datasets.List(
+                {
+                    "id": datasets.Value("int64"),
+                    "bbox": datasets.List(datasets.Value("float32"), length=4),
+                    "keypoints": datasets.List(datasets.List(datasets.Value("float32"), length=3)),
+                    "iscrowd": datasets.Value("int8"),
+                    "area": datasets.Value("float32"),
+                }
+            ),
+        }
+    )
     ds = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"validation": ds}).save_to_disk(str(folder))
     return gt
@@ -742,8 +834,24 @@ def test_eval_script_on_hub_dataset_with_gt_boxes(shared_data, tiny_model_dir, t
     spec.loader.exec_module(script)
     out = tmp_path / "hub_results.json"
     metrics_out = tmp_path / "m" / "metrics.json"
-    rc = script.main([str(model_dir), "--hub-dataset", str(tmp_path / "hub"), "--dataset", "coco", "--device", "cpu",
-                      "--output", str(out), "--metrics-output", str(metrics_out), "--no-progress", "--max-images", "3"])
+    rc = script.main(
+        [
+            str(model_dir),
+            "--hub-dataset",
+            str(tmp_path / "hub"),
+            "--dataset",
+            "coco",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+            "--metrics-output",
+            str(metrics_out),
+            "--no-progress",
+            "--max-images",
+            "3",
+        ]
+    )
     assert rc == 0
     kept = {img["id"] for img in gt["images"][:3]}
     gt3 = {"images": [i for i in gt["images"] if i["id"] in kept]}

@@ -43,10 +43,14 @@ def ref_udp_matrix(theta, size_input, size_dst, size_target):
     m = np.zeros((2, 3))
     m[0, 0] = math.cos(theta) * sx
     m[0, 1] = -math.sin(theta) * sx
-    m[0, 2] = sx * (-0.5 * size_input[0] * math.cos(theta) + 0.5 * size_input[1] * math.sin(theta) + 0.5 * size_target[0])
+    m[0, 2] = sx * (
+        -0.5 * size_input[0] * math.cos(theta) + 0.5 * size_input[1] * math.sin(theta) + 0.5 * size_target[0]
+    )
     m[1, 0] = math.sin(theta) * sy
     m[1, 1] = math.cos(theta) * sy
-    m[1, 2] = sy * (-0.5 * size_input[0] * math.sin(theta) - 0.5 * size_input[1] * math.cos(theta) + 0.5 * size_target[1])
+    m[1, 2] = sy * (
+        -0.5 * size_input[0] * math.sin(theta) - 0.5 * size_input[1] * math.cos(theta) + 0.5 * size_target[1]
+    )
     return m
 
 
@@ -128,7 +132,11 @@ def test_empty_boxes():
     [
         ([[0, 0, float("nan"), 10]], "xywh", r"boxes\[0\] = \[0\.0, 0\.0, nan, 10\.0\] \(xywh\) contains NaN"),
         ([[1, 1, 5, 5], [0, float("inf"), 3, 3]], "xywh", r"boxes\[1\] .* contains NaN or infinity"),
-        ([[1, 1, 5, 5], [0, 0, -3, 3]], "xywh", r"boxes\[1\] = \[0\.0, 0\.0, -3\.0, 3\.0\] \(xywh\) has a negative width"),
+        (
+            [[1, 1, 5, 5], [0, 0, -3, 3]],
+            "xywh",
+            r"boxes\[1\] = \[0\.0, 0\.0, -3\.0, 3\.0\] \(xywh\) has a negative width",
+        ),
         ([[0, 0, 3, -0.5]], "xywh", r"negative height"),
         ([[10, 0, 5, 5]], "xyxy", r"has x2 < x1"),
         ([[0, 10, 5, 5]], "xyxy", r"has y2 < y1"),
@@ -189,7 +197,9 @@ def test_inverse_and_round_trip(real_boxes, use_udp):
     product = torch.cat([forward, last_row], 1) @ torch.cat([inverse, last_row], 1)
     torch.testing.assert_close(product, torch.eye(3, dtype=torch.float64).expand(n, 3, 3))
     points = torch.rand(len(real_boxes), 17, 2, dtype=torch.float64) * 600
-    back = crop_to_image(image_to_crop(points, center, scale, INPUT, rotation, use_udp), center, scale, INPUT, rotation, use_udp)
+    back = crop_to_image(
+        image_to_crop(points, center, scale, INPUT, rotation, use_udp), center, scale, INPUT, rotation, use_udp
+    )
     torch.testing.assert_close(back, points)
     # the no-rotation fast path equals the matrix path
     fast = crop_to_image(points, center, scale, INPUT, None, use_udp)
@@ -236,16 +246,21 @@ def test_use_udp_per_crop(real_boxes):
             ref = ref_classic_matrix(c, s, r, (192, 256))
             np.testing.assert_allclose(ours[i].numpy(), ref, rtol=1e-4, atol=5e-3, err_msg=f"box {i}")
         np.testing.assert_allclose(
-            (torch.cat([ours[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]) @
-             torch.cat([inverse[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])).numpy(),
-            np.eye(3), atol=1e-9,
+            (
+                torch.cat([ours[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+                @ torch.cat([inverse[i], torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+            ).numpy(),
+            np.eye(3),
+            atol=1e-9,
         )
     stride = torch.where(flags[:, None], torch.tensor([191 / 47, 255 / 63], dtype=torch.float64), 4.0)
     points = crop_to_image(heat * stride[:, None], center, scale, INPUT, None, flags)
     for i in range(len(real_boxes)):
         ref = ref_transform_preds(heat[i].numpy(), center[i].numpy(), scale[i].numpy(), (48, 64), bool(flags[i]))
         np.testing.assert_allclose(points[i].numpy(), ref, rtol=1e-9, atol=1e-7)
-    back = crop_to_image(image_to_crop(points, center, scale, INPUT, rotation, flags), center, scale, INPUT, rotation, flags)
+    back = crop_to_image(
+        image_to_crop(points, center, scale, INPUT, rotation, flags), center, scale, INPUT, rotation, flags
+    )
     torch.testing.assert_close(back, points)
     with pytest.raises(ValueError, match=rf"use_udp must be a bool or hold one flag per crop \({len(flags)}\), got 2"):
         warp_matrix(center, scale, INPUT, None, torch.tensor([True, False]))

@@ -12,13 +12,19 @@ import pytest
 import torch
 
 from vitpose_hf.data import hub_dataset as hub_dataset
-from vitpose_hf.data.transforms import AugmentConfig, StreamSource, StreamingTopDownDataset, TopDownCollator, TopDownTransform
 from vitpose_hf.data.hub_dataset import (
     coco_to_dataset,
     explode_instances,
     infer_layout,
     keypoint_features,
     load_image_split,
+)
+from vitpose_hf.data.transforms import (
+    AugmentConfig,
+    StreamingTopDownDataset,
+    StreamSource,
+    TopDownCollator,
+    TopDownTransform,
 )
 from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, figure_template, synthetic_keypoint_dataset
 
@@ -78,12 +84,26 @@ def test_convert_real_coco_json_matches_the_json(shared_data, tmp_path):
 def test_convert_cli_writes_splits_and_layout(shared_data, tmp_path):
     root = shared_data / "super-gradients" / "pose_minicoco"
     out = tmp_path / "hub"
-    code = hub_dataset.main([
-        "--annotations", str(root / "annotations" / "person_keypoints_train2017.json"), "--images", str(root / "images" / "train2017"),
-        "--split", "train",
-        "--annotations", str(root / "annotations" / "person_keypoints_val2017.json"), "--images", str(root / "images" / "val2017"),
-        "--split", "validation", "--output", str(out), "--cache_dir", str(tmp_path / "cache"),
-    ])
+    code = hub_dataset.main(
+        [
+            "--annotations",
+            str(root / "annotations" / "person_keypoints_train2017.json"),
+            "--images",
+            str(root / "images" / "train2017"),
+            "--split",
+            "train",
+            "--annotations",
+            str(root / "annotations" / "person_keypoints_val2017.json"),
+            "--images",
+            str(root / "images" / "val2017"),
+            "--split",
+            "validation",
+            "--output",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     loaded = datasets.load_from_disk(str(out))
     assert set(loaded) == {"train", "validation"}
@@ -100,8 +120,11 @@ def test_explode_instances_follows_the_top_down_rule(shared_data, tmp_path):
     gt = _json(root / "annotations" / "person_keypoints_train2017.json")
     images = {im["id"]: im for im in gt["images"]}
     expected = sorted(a["id"] for a in gt["annotations"] if _trainable(a, images[a["image_id"]]))
-    ds, _, _ = coco_to_dataset(root / "annotations" / "person_keypoints_train2017.json", root / "images" / "train2017",
-                               cache_dir=tmp_path / "cache")
+    ds, _, _ = coco_to_dataset(
+        root / "annotations" / "person_keypoints_train2017.json",
+        root / "images" / "train2017",
+        cache_dir=tmp_path / "cache",
+    )
     instances, counts = explode_instances(ds, 17)
     assert sorted(instances["instance_id"]) == expected and len(expected) == 42
     assert counts["crowd"] == 1 and counts["ok"] == 42
@@ -149,9 +172,23 @@ def test_bad_annotations_are_dropped_or_skipped_and_counted(shared_data, tmp_pat
     # a dataset written by another tool may hold anything: the explosion never crashes
     objects = [
         {"id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "keypoints": [[5, 5, 2]] * 17, "iscrowd": 0, "area": 100},
-        {"id": 2, "category_id": 1, "bbox": [0, 0, 10, float("nan")], "keypoints": [[5, 5, 2]] * 17, "iscrowd": 0, "area": 100},
+        {
+            "id": 2,
+            "category_id": 1,
+            "bbox": [0, 0, 10, float("nan")],
+            "keypoints": [[5, 5, 2]] * 17,
+            "iscrowd": 0,
+            "area": 100,
+        },
         {"id": 3, "category_id": 1, "bbox": [0, 0, 10, 10], "keypoints": [[5, 5, 2]] * 14, "iscrowd": 0, "area": 100},
-        {"id": 4, "category_id": 1, "bbox": [0, 0, 10, 10], "keypoints": [[5, float("inf"), 2]] * 17, "iscrowd": 0, "area": None},
+        {
+            "id": 4,
+            "category_id": 1,
+            "bbox": [0, 0, 10, 10],
+            "keypoints": [[5, float("inf"), 2]] * 17,
+            "iscrowd": 0,
+            "area": None,
+        },
         {"id": 5, "category_id": 1, "bbox": [0, 0, 10, 10], "keypoints": [[0, 0, 0]] * 17, "iscrowd": 0, "area": 100},
     ]
     raw = datasets.Dataset.from_list(
@@ -165,8 +202,16 @@ def test_bad_annotations_are_dropped_or_skipped_and_counted(shared_data, tmp_pat
 
 def test_infer_layout_builtin_and_custom(shared_data):
     assert infer_layout(_json(shared_data / "mmpose" / "ap10k" / "test_ap10k.json"))["name"] == "ap10k"
-    custom = {"categories": [{"id": 1, "name": "robot", "keypoints": ["base", "Left Arm", "Right Arm", "l_foot", "r_foot"],
-                              "skeleton": [[1, 2], [1, 3], [2, 1]]}]}
+    custom = {
+        "categories": [
+            {
+                "id": 1,
+                "name": "robot",
+                "keypoints": ["base", "Left Arm", "Right Arm", "l_foot", "r_foot"],
+                "skeleton": [[1, 2], [1, 3], [2, 1]],
+            }
+        ]
+    }
     info = infer_layout(custom)
     assert info["name"] == "robot" and info["num_keypoints"] == 5
     assert sorted(map(sorted, info["flip_pairs"])) == [[1, 2], [3, 4]]
@@ -183,7 +228,12 @@ def test_synthetic_figures_are_drawn_where_the_keypoints_are():
         for obj in row["objects"]:
             kps = np.asarray(obj["keypoints"])
             x, y, w, h = obj["bbox"]
-            assert (kps[:, 0] >= x).all() and (kps[:, 0] <= x + w).all() and (kps[:, 1] >= y).all() and (kps[:, 1] <= y + h).all()
+            assert (
+                (kps[:, 0] >= x).all()
+                and (kps[:, 0] <= x + w).all()
+                and (kps[:, 1] >= y).all()
+                and (kps[:, 1] <= y + h).all()
+            )
             # each keypoint is the centre of a disc: its pixel has the pair's colour (figures may overlap, so most)
             colours = {tuple(pixels[int(round(py)), int(round(px))]) for px, py, _ in kps}
             assert len(colours) >= 3
@@ -213,8 +263,9 @@ def test_streaming_reads_instances_in_worker_processes(tmp_path):
 def test_half_body_on_coincident_keypoints_keeps_the_full_box():
     """Bug 8: when the half-body joints all sit on one point they have no extent; the sample must not fail (it was
     NaN crop points and a ValueError from `encode`). The region falls back to the whole box."""
-    config = AugmentConfig(half_body_prob=1.0, center_jitter_prob=0.0, flip_prob=0.0, scale_factor=0.0,
-                           rotation_prob=0.0)
+    config = AugmentConfig(
+        half_body_prob=1.0, center_jitter_prob=0.0, flip_prob=0.0, scale_factor=0.0, rotation_prob=0.0
+    )
     transform = TopDownTransform("coco", (64, 48), (16, 12), config)
     image = np.random.default_rng(0).integers(0, 255, (120, 100, 3), dtype=np.uint8)
     box = [30.0, 30.0, 40.0, 60.0]  # xywh

@@ -10,7 +10,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from reference_codecs import INPUT_WH, ref_decode_msra, ref_keypoints, ref_targets, ref_transform_preds
 from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
 from transformers.utils import ModelOutput
 
@@ -19,6 +18,8 @@ from vitpose_hf.codecs import MSRAHeatmap, UDPHeatmap
 from vitpose_hf.geometry import apply_affine, box_to_center_scale, inverse_warp_matrix
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.keypoint_metadata import get_dataset_info
+
+from reference_codecs import INPUT_WH, ref_decode_msra, ref_keypoints, ref_targets, ref_transform_preds
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -45,7 +46,9 @@ def ref_classic_matrix(center, scale):
 
 
 def ref_crop(image, matrix):
-    return cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image, matrix, (192, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 def raw_crops(processor, *args, **kwargs):
@@ -100,8 +103,15 @@ def processor():
 def odd_boxes(image):
     """Boxes partly or fully outside the image, tiny, wide, tall and zero-size ones."""
     h, w = image.shape[:2]
-    return [[-50, -30, 200, 300], [w - 40, h - 60, 100, 120], [w + 10, 5, 30, 60], [10, 10, 0, 0], [100, 100, 5, 3],
-            [0, h / 2, w, 20], [w / 2, 0, 15, h]]
+    return [
+        [-50, -30, 200, 300],
+        [w - 40, h - 60, 100, 120],
+        [w + 10, 5, 30, 60],
+        [10, 10, 0, 0],
+        [100, 100, 5, 3],
+        [0, h / 2, w, 20],
+        [w / 2, 0, 15, h],
+    ]
 
 
 # ---- crops -----------------------------------------------------------------------------------------------------
@@ -129,14 +139,18 @@ def test_rotation_scale_and_classic_warp_match_opencv(processor, coco):
     rotation = np.linspace(-70, 70, len(boxes))
     out, ours = raw_crops(processor, image, boxes, rotation=rotation.tolist(), scale_factor=0.8)
     for i in range(len(boxes)):
-        reference = ref_crop(image, ref_udp_matrix(out["center"][i].double().numpy(), out["scale"][i].double().numpy(), rotation[i]))
+        reference = ref_crop(
+            image, ref_udp_matrix(out["center"][i].double().numpy(), out["scale"][i].double().numpy(), rotation[i])
+        )
         assert_close_to_opencv(ours[i], reference, f"rotated box {i}")
     torch.testing.assert_close(out["scale"], box_to_center_scale(boxes)[1] * 0.8)
     torch.testing.assert_close(out["rotation"], torch.tensor(rotation, dtype=torch.float32))
     out, ours = raw_crops(processor, image, boxes, use_udp=False)
     assert out["use_udp"].tolist() == [False] * len(boxes)
     for i in range(len(boxes)):
-        reference = ref_crop(image, ref_classic_matrix(out["center"][i].double().numpy(), out["scale"][i].double().numpy()))
+        reference = ref_crop(
+            image, ref_classic_matrix(out["center"][i].double().numpy(), out["scale"][i].double().numpy())
+        )
         assert_close_to_opencv(ours[i], reference, f"classic box {i}")
 
 
@@ -276,13 +290,25 @@ def test_greyscale_palette_and_16_bit_rules(processor, coco):
     "image, error, message",
     [
         (np.zeros((3, 40, 50), np.uint8), ValueError, r"numpy images are \(H, W, C\) but got shape \(3, 40, 50\)"),
-        (torch.zeros(40, 50, 3, dtype=torch.uint8), ValueError, r"torch images are \(C, H, W\) but got shape \(40, 50, 3\)"),
+        (
+            torch.zeros(40, 50, 3, dtype=torch.uint8),
+            ValueError,
+            r"torch images are \(C, H, W\) but got shape \(40, 50, 3\)",
+        ),
         (np.zeros((40, 50, 5), np.uint8), ValueError, r"numpy images are \(H, W, C\)|expected 1 \(grey\)"),
-        (torch.zeros(6, 40, 50), ValueError, r"expected 1 \(grey\), 2 \(grey\+alpha\), 3 \(RGB\) or 4 \(RGBA\) channels, got 6"),
+        (
+            torch.zeros(6, 40, 50),
+            ValueError,
+            r"expected 1 \(grey\), 2 \(grey\+alpha\), 3 \(RGB\) or 4 \(RGBA\) channels, got 6",
+        ),
         (np.zeros((40, 50, 3), np.int32), TypeError, r"unsupported image dtype int32"),
         (torch.zeros(3, 40, 50, dtype=torch.int64), TypeError, r"unsupported image dtype torch.int64"),
         (np.zeros((0, 50, 3), np.uint8), ValueError, r"empty image"),
-        (np.zeros((2, 2, 40, 50, 3), np.uint8), ValueError, r"a numpy image is \(H, W\), \(H, W, C\) or \(N, H, W, C\)"),
+        (
+            np.zeros((2, 2, 40, 50, 3), np.uint8),
+            ValueError,
+            r"a numpy image is \(H, W\), \(H, W, C\) or \(N, H, W, C\)",
+        ),
         ("/no/such/image.jpg", ValueError, r"no image file at '/no/such/image.jpg'"),
         (12, TypeError, r"unsupported image type int"),
     ],
@@ -328,7 +354,9 @@ def test_bad_boxes(processor, coco, boxes, message):
 
 def test_bad_boxes_in_a_batch_name_the_image(processor, coco):
     images = [coco[0]["image"], coco[1]["image"]]
-    with pytest.raises(ValueError, match=r"boxes\[1\]\[0\] = \[0\.0, 0\.0, -1\.0, 4\.0\] \(xywh\) has a negative width"):
+    with pytest.raises(
+        ValueError, match=r"boxes\[1\]\[0\] = \[0\.0, 0\.0, -1\.0, 4\.0\] \(xywh\) has a negative width"
+    ):
         processor(images, [[[0, 0, 4, 4]], [[0, 0, -1, 4]]])
     with pytest.raises(ValueError, match=r"got boxes for 3 images but 2 images"):
         processor(images, [[[0, 0, 4, 4]], [], []])
@@ -439,7 +467,9 @@ def test_coco_gt_round_trip_within_half_a_pixel(processor, coco, shared_data):
     annotations = [a for c in coco for a in zip(c["gt_boxes"], c["keypoints"])]
     for split in ("train2017", "val2017"):
         gt = json.loads((folder / f"person_keypoints_{split}.json").read_text())
-        annotations += [(a["bbox"], a["keypoints"]) for a in gt["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]]
+        annotations += [
+            (a["bbox"], a["keypoints"]) for a in gt["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]
+        ]
     boxes = torch.tensor([a[0] for a in annotations])
     keypoints = torch.tensor([a[1] for a in annotations], dtype=torch.float32).view(-1, 17, 3)
     targets = encode_gt(processor, boxes, keypoints)
@@ -477,7 +507,9 @@ def test_post_process_structure(processor, coco):
     torch.testing.assert_close(from_meta[2][1]["bbox"], torch.tensor(boxes[2][1], dtype=torch.float32))
     xyxy_inputs = processor(images[0], xywh_to_xyxy(torch.tensor(boxes[0])), box_format="xyxy")
     xyxy_results = processor.post_process_pose_estimation(heatmaps[: len(boxes[0])], crop_metadata=xyxy_inputs)
-    torch.testing.assert_close(xyxy_results[0][0]["bbox"], xywh_to_xyxy(torch.tensor(boxes[0][:1], dtype=torch.float32))[0])
+    torch.testing.assert_close(
+        xyxy_results[0][0]["bbox"], xywh_to_xyxy(torch.tensor(boxes[0][:1], dtype=torch.float32))[0]
+    )
     torch.testing.assert_close(xyxy_results[0][0]["keypoints"], from_meta[0][0]["keypoints"])
     # numpy metadata works too
     np_inputs = processor(images, boxes, return_tensors="np")
@@ -509,8 +541,12 @@ def test_flip_test_averages_in_heatmap_space(coco, use_udp):
         heatmaps, flip_outputs=VitPoseEstimatorOutput(heatmaps=flipped), crop_metadata=inputs
     )[0]
     expected, maxvals = ref_keypoints(
-        heatmaps.numpy(), flipped.numpy(), COCO_PAIRS, inputs["center"].double().numpy(),
-        inputs["scale"].double().numpy(), use_udp,
+        heatmaps.numpy(),
+        flipped.numpy(),
+        COCO_PAIRS,
+        inputs["center"].double().numpy(),
+        inputs["scale"].double().numpy(),
+        use_udp,
     )
     for i, person in enumerate(ours):
         np.testing.assert_allclose(person["keypoints"].numpy(), expected[i], atol=2e-3, err_msg=f"person {i}")
@@ -591,8 +627,9 @@ def test_per_dataset_udp_settings_of_a_multi_dataset_model(coco):
     one_setting = ViTPoseImageProcessor(dataset=["coco", "ap10k"], use_udp=True)
     old_inputs = one_setting(image, boxes)
     assert old_inputs["use_udp"].all()
-    old = one_setting.post_process_pose_estimation(PoseOutput(heatmaps=heatmaps, dataset_index=torch.tensor(index)),
-                                                   crop_metadata=old_inputs)[0]
+    old = one_setting.post_process_pose_estimation(
+        PoseOutput(heatmaps=heatmaps, dataset_index=torch.tensor(index)), crop_metadata=old_inputs
+    )[0]
     ap10k_error = torch.cat([error_px(old[i]["keypoints"], expected[i]) for i in range(n) if not udp[i]])
     assert ap10k_error.mean() > 1.3 and ap10k_error.max() > 3.0, f"{ap10k_error.mean():.2f} / {ap10k_error.max():.2f}"
 
@@ -633,8 +670,12 @@ def test_processor_with_a_vitpose_plus_model_and_no_dataset(coco):
     heatmaps, flipped = perfect_heatmaps(points, False, AP10K_PAIRS)  # the AP-10K head was trained on MSRA targets
     datasets = tuple(get_dataset_info(name) for name in ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody"))
     index = torch.full((len(boxes),), 3)
-    outputs = PoseOutput(heatmaps=torch.from_numpy(heatmaps), num_keypoints=torch.full((len(boxes),), 17),
-                         dataset_index=index, datasets=datasets)
+    outputs = PoseOutput(
+        heatmaps=torch.from_numpy(heatmaps),
+        num_keypoints=torch.full((len(boxes),), 17),
+        dataset_index=index,
+        datasets=datasets,
+    )
     flip_outputs = PoseOutput(heatmaps=torch.from_numpy(flipped), dataset_index=index, datasets=datasets)
     people = processor.post_process_pose_estimation(outputs, flip_outputs=flip_outputs, crop_metadata=inputs)[0]
     ap10k_names = get_dataset_info("ap10k")["keypoint_names"]
@@ -644,10 +685,19 @@ def test_processor_with_a_vitpose_plus_model_and_no_dataset(coco):
         expected = ref_transform_preds(points[i].numpy(), center, scale, INPUT_WH, True)  # the UDP warp it was cut with
         assert error_px(person["keypoints"], expected).max() < 1e-3, f"person {i}"
     # COCO's flip pairs would have averaged the wrong channels
-    coco_flip = ref_keypoints(heatmaps, flipped, COCO_PAIRS, [ref_center_scale(b)[0] for b in boxes],
-                              [ref_center_scale(b)[1] for b in boxes], False)[0]
+    coco_flip = ref_keypoints(
+        heatmaps,
+        flipped,
+        COCO_PAIRS,
+        [ref_center_scale(b)[0] for b in boxes],
+        [ref_center_scale(b)[1] for b in boxes],
+        False,
+    )[0]
     assert max(np.abs(coco_flip[i] - p["keypoints"].numpy()).max() for i, p in enumerate(people)) > 10
-    assert processor.post_process_pose_estimation(outputs, crop_metadata=inputs, dataset="ap10k")[0][0]["dataset"] == "ap10k"
+    assert (
+        processor.post_process_pose_estimation(outputs, crop_metadata=inputs, dataset="ap10k")[0][0]["dataset"]
+        == "ap10k"
+    )
     with pytest.raises(ValueError, match=r"dataset='coco' conflicts with the model's dataset 'ap10k' for crop 0"):
         processor.post_process_pose_estimation(outputs, crop_metadata=inputs, dataset="coco")
     # Without the model's metadata, an index the processor does not know is an error, not COCO names.
@@ -655,15 +705,17 @@ def test_processor_with_a_vitpose_plus_model_and_no_dataset(coco):
     with pytest.raises(ValueError, match=r"dataset_index .*3 is out of range for the 1 datasets \['coco'\]"):
         processor.post_process_pose_estimation(bare, crop_metadata=inputs)
     with pytest.raises(ValueError, match="carry no dataset_index"):
-        processor.post_process_pose_estimation(PoseOutput(heatmaps=outputs.heatmaps, datasets=datasets), crop_metadata=inputs)
+        processor.post_process_pose_estimation(
+            PoseOutput(heatmaps=outputs.heatmaps, datasets=datasets), crop_metadata=inputs
+        )
 
 
 def test_processor_with_a_real_tiny_vitpose_plus_model(coco):
     """A real ViTPose++ forward (random weights): a mixed batch of AP-10K, AIC and WholeBody crops, padded to 133
     channels; each crop gets its head's names and count, and the classic decoder of those datasets."""
-    from helpers import tiny_plus_config
-
     from vitpose_hf import ViTPoseForPoseEstimation
+
+    from helpers import tiny_plus_config
 
     model = ViTPoseForPoseEstimation(tiny_plus_config()).eval()
     processor = ViTPoseImageProcessor(size={"height": 64, "width": 48})
@@ -709,8 +761,12 @@ def test_mixed_dataset_batch(coco):
     heatmaps, flipped = stack_padded(maps, 17), stack_padded(flips, 17)
     heatmaps[1, 14:] = torch.rand(3, 64, 48, generator=gen)  # padding channels must not matter
     datasets = (get_dataset_info("coco"), get_dataset_info("aic"))
-    outputs = PoseOutput(heatmaps=heatmaps, num_keypoints=torch.tensor([17, 14, 17]), dataset_index=torch.tensor(index),
-                         datasets=datasets)
+    outputs = PoseOutput(
+        heatmaps=heatmaps,
+        num_keypoints=torch.tensor([17, 14, 17]),
+        dataset_index=torch.tensor(index),
+        datasets=datasets,
+    )
     results = processor.post_process_pose_estimation(outputs, flip_outputs=flipped, crop_metadata=inputs)[0]
     assert [r["dataset"] for r in results] == ["coco", "aic", "coco"]
     assert [len(r["labels"]) for r in results] == [17, 14, 17] and results[1]["keypoints"].shape == (14, 2)
@@ -740,7 +796,11 @@ def test_boxes_cannot_replace_the_crop_metadata(processor, coco, options):
     expected = []
     for i, box in enumerate(boxes):
         center, scale = ref_center_scale(box, options.get("padding_factor", 1.25), options.get("scale_factor", 1.0))
-        matrix = ref_udp_matrix(center, scale, options.get("rotation", 0.0)) if use_udp else ref_classic_matrix(center, scale)
+        matrix = (
+            ref_udp_matrix(center, scale, options.get("rotation", 0.0))
+            if use_udp
+            else ref_classic_matrix(center, scale)
+        )
         inverse = cv2.invertAffineTransform(matrix)
         expected.append(points[i].numpy() @ inverse[:, :2].T + inverse[:, 2])
     with pytest.raises(ValueError, match=r"takes crop_metadata=.*not boxes="):
@@ -792,8 +852,14 @@ def test_custom_dataset_dict_and_use_udp_from_the_dataset(coco):
     heatmaps = torch.rand(len(boxes), 3, 64, 48, generator=gen)
     flipped = torch.rand(len(boxes), 3, 64, 48, generator=gen)
     results = p.post_process_pose_estimation(heatmaps, flip_outputs=flipped, crop_metadata=inputs)[0]
-    expected, scores = ref_keypoints(heatmaps.numpy(), flipped.numpy(), [(1, 2)], [ref_center_scale(b)[0] for b in boxes],
-                                     [ref_center_scale(b)[1] for b in boxes], False)
+    expected, scores = ref_keypoints(
+        heatmaps.numpy(),
+        flipped.numpy(),
+        [(1, 2)],
+        [ref_center_scale(b)[0] for b in boxes],
+        [ref_center_scale(b)[1] for b in boxes],
+        False,
+    )
     for i, person in enumerate(results):
         assert person["labels"] == ["a", "left_b", "right_b"] and person["dataset"] == "toy"
         np.testing.assert_allclose(person["keypoints"].numpy(), expected[i], atol=1e-3)
@@ -804,7 +870,9 @@ def test_post_process_errors(processor, coco):
     boxes = coco[0]["gt_boxes"]
     inputs = processor(coco[0]["image"], boxes)
     heatmaps = torch.rand(len(boxes), 17, 64, 48)
-    with pytest.raises(ValueError, match=f"the heatmaps hold {len(boxes) - 1} crops but crop_metadata describes {len(boxes)}"):
+    with pytest.raises(
+        ValueError, match=f"the heatmaps hold {len(boxes) - 1} crops but crop_metadata describes {len(boxes)}"
+    ):
         processor.post_process_pose_estimation(heatmaps[:-1], crop_metadata=inputs)
     with pytest.raises(ValueError, match="the heatmaps have 17 channels but dataset 'aic' has 14 keypoints"):
         processor.post_process_pose_estimation(heatmaps, crop_metadata=inputs, dataset="aic")
@@ -832,7 +900,14 @@ def test_save_and_load(tmp_path, monkeypatch):
     assert config["auto_map"] == {"AutoImageProcessor": "image_processing_vitpose_hf.ViTPoseImageProcessor"}
     assert config["size"] == {"height": 256, "width": 192} and config["padding_factor"] == 1.25
     assert config["use_udp"] is False and config["dataset"] == ["coco", "aic"] and config["blur_kernel_size"] == 5
-    kernel = ("image_processing_vitpose_hf.py", "codecs.py", "geometry.py", "keypoint_metadata.py", "images.py", "boxes.py")
+    kernel = (
+        "image_processing_vitpose_hf.py",
+        "codecs.py",
+        "geometry.py",
+        "keypoint_metadata.py",
+        "images.py",
+        "boxes.py",
+    )
     for name in kernel:  # the processor's relative imports, copied beside it for trust_remote_code
         assert (tmp_path / name).is_file(), name
     again = ViTPoseImageProcessor.from_pretrained(tmp_path)

@@ -221,7 +221,10 @@ def _box_parsing(tree: ast.AST) -> list[str]:
                 constants = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
                 if any(isinstance(c, ast.Constant) and c.value in formats for c in constants):
                     found.append(f"comparison with a box format (line {node.lineno})")
-        elif isinstance(node, (ast.Tuple, ast.List)) and {getattr(e, "value", None) for e in node.elts} >= {"xywh", "xyxy"}:
+        elif isinstance(node, (ast.Tuple, ast.List)) and {getattr(e, "value", None) for e in node.elts} >= {
+            "xywh",
+            "xyxy",
+        }:
             found.append(f"a table of box formats (line {node.lineno})")
         elif isinstance(node, ast.Constant) and node.value == "xmin":
             found.append(f"detector box dict keys (line {node.lineno})")

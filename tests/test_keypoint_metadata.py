@@ -15,8 +15,14 @@ from vitpose_hf.keypoint_metadata import (
 )
 
 EXPECTED_K = {
-    "coco": 17, "aic": 14, "mpii": 16, "ap10k": 17, "apt36k": 17,
-    "wholebody": 133, "crowdpose": 14, "ochuman": 17,
+    "coco": 17,
+    "aic": 14,
+    "mpii": 16,
+    "ap10k": 17,
+    "apt36k": 17,
+    "wholebody": 133,
+    "crowdpose": 14,
+    "ochuman": 17,
 }
 
 
@@ -63,8 +69,17 @@ def test_builtin_validates_and_is_json(name):
     assert json.loads(json.dumps(info, allow_nan=False)) == info
     # A round-tripped dict (as read back from config.json) is accepted as is.
     assert get_dataset_info(json.loads(json.dumps(info))) == info
-    for key in ("keypoint_names", "flip_pairs", "skeleton", "upper_body_ids", "lower_body_ids",
-                "detector_labels", "use_udp", "sigmas", "num_keypoints"):
+    for key in (
+        "keypoint_names",
+        "flip_pairs",
+        "skeleton",
+        "upper_body_ids",
+        "lower_body_ids",
+        "detector_labels",
+        "use_udp",
+        "sigmas",
+        "num_keypoints",
+    ):
         assert key in info
 
 
@@ -115,8 +130,16 @@ def test_upper_lower_and_use_udp_and_detectors():
         assert not set(info["upper_body_ids"]) & set(info["lower_body_ids"])
         assert info["upper_body_ids"] and info["lower_body_ids"]
     udp = {n: get_dataset_info(n)["use_udp"] for n in EXPECTED_K}
-    assert udp == {"coco": True, "mpii": True, "aic": False, "ap10k": False, "apt36k": False,
-                   "wholebody": False, "crowdpose": False, "ochuman": False}
+    assert udp == {
+        "coco": True,
+        "mpii": True,
+        "aic": False,
+        "ap10k": False,
+        "apt36k": False,
+        "wholebody": False,
+        "crowdpose": False,
+        "ochuman": False,
+    }
     animals = {"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe"}
     for n in EXPECTED_K:
         labels = get_dataset_info(n)["detector_labels"]
@@ -132,9 +155,18 @@ def test_upper_lower_and_use_udp_and_detectors():
 
 @pytest.mark.parametrize(
     "alias, name",
-    [("COCO", "coco"), ("coco_wholebody", "wholebody"), ("COCO-WholeBody", "wholebody"),
-     ("ap-10k", "ap10k"), ("AP10K", "ap10k"), ("apt-36k", "apt36k"), ("ai_challenger", "aic"),
-     ("CrowdPose", "crowdpose"), (" mpii ", "mpii"), ("OCHuman", "ochuman")],
+    [
+        ("COCO", "coco"),
+        ("coco_wholebody", "wholebody"),
+        ("COCO-WholeBody", "wholebody"),
+        ("ap-10k", "ap10k"),
+        ("AP10K", "ap10k"),
+        ("apt-36k", "apt36k"),
+        ("ai_challenger", "aic"),
+        ("CrowdPose", "crowdpose"),
+        (" mpii ", "mpii"),
+        ("OCHuman", "ochuman"),
+    ],
 )
 def test_aliases(alias, name):
     assert get_dataset_info(alias) == KEYPOINT_DATASETS[name]
@@ -166,12 +198,27 @@ def _user():
 def test_user_dataset_defaults_filled():
     info = validate_dataset_info(_user())
     assert info == {
-        "name": "tri", "num_keypoints": 3, "keypoint_names": ["left_a", "right_a", "mid"],
-        "flip_pairs": [], "skeleton": [], "sigmas": None, "upper_body_ids": [],
-        "lower_body_ids": [], "detector_labels": ["person"], "use_udp": False,
+        "name": "tri",
+        "num_keypoints": 3,
+        "keypoint_names": ["left_a", "right_a", "mid"],
+        "flip_pairs": [],
+        "skeleton": [],
+        "sigmas": None,
+        "upper_body_ids": [],
+        "lower_body_ids": [],
+        "detector_labels": ["person"],
+        "use_udp": False,
     }
-    full = validate_dataset_info({**_user(), "flip_pairs": [(0, 1)], "skeleton": [(0, 2), (1, 2)],
-                                  "sigmas": [0.1, 0.1, 1], "parts": {"all": (0, 3)}, "extra": {"a": 1}})
+    full = validate_dataset_info(
+        {
+            **_user(),
+            "flip_pairs": [(0, 1)],
+            "skeleton": [(0, 2), (1, 2)],
+            "sigmas": [0.1, 0.1, 1],
+            "parts": {"all": (0, 3)},
+            "extra": {"a": 1},
+        }
+    )
     assert full["flip_pairs"] == [[0, 1]] and full["sigmas"] == [0.1, 0.1, 1.0]
     assert full["parts"] == {"all": [0, 3]} and full["extra"] == {"a": 1}
     assert flip_indices(full) == [1, 0, 2]
@@ -269,9 +316,12 @@ def test_sigmas_are_mirror_symmetric_where_expected():
 
 @pytest.mark.parametrize(
     "name, rel",
-    [("coco", "mmpose/coco/test_coco.json"),
-     ("coco", "super-gradients/pose_minicoco/annotations/person_keypoints_val2017.json"),
-     ("ochuman", "mmpose/ochuman/test_ochuman.json"), ("aic", "mmpose/aic/test_aic.json")],
+    [
+        ("coco", "mmpose/coco/test_coco.json"),
+        ("coco", "super-gradients/pose_minicoco/annotations/person_keypoints_val2017.json"),
+        ("ochuman", "mmpose/ochuman/test_ochuman.json"),
+        ("aic", "mmpose/aic/test_aic.json"),
+    ],
 )
 def test_names_and_skeleton_match_annotations(shared_data, name, rel):
     (cat,) = _load(shared_data, rel)["categories"]
@@ -323,8 +373,13 @@ def test_mpii_order_against_real_joints(shared_data):
 def test_wholebody_parts_and_real_annotations(shared_data):
     info = get_dataset_info("wholebody")
     parts = info["parts"]
-    assert parts == {"body": [0, 17], "foot": [17, 23], "face": [23, 91],
-                     "left_hand": [91, 112], "right_hand": [112, 133]}
+    assert parts == {
+        "body": [0, 17],
+        "foot": [17, 23],
+        "face": [23, 91],
+        "left_hand": [91, 112],
+        "right_hand": [112, 133],
+    }
     covered = sorted(i for s, e in parts.values() for i in range(s, e))
     assert covered == list(range(133))
     assert info["keypoint_names"][:17] == get_dataset_info("coco")["keypoint_names"]
@@ -334,8 +389,13 @@ def test_wholebody_parts_and_real_annotations(shared_data):
     data = _load(shared_data, "mmpose/coco/test_coco_wholebody.json")
     (cat,) = data["categories"]
     assert [_norm(n) for n in cat["keypoints"]] == info["keypoint_names"][:17]
-    fields = {"keypoints": "body", "foot_kpts": "foot", "face_kpts": "face",
-              "lefthand_kpts": "left_hand", "righthand_kpts": "right_hand"}
+    fields = {
+        "keypoints": "body",
+        "foot_kpts": "foot",
+        "face_kpts": "face",
+        "lefthand_kpts": "left_hand",
+        "righthand_kpts": "right_hand",
+    }
     names = info["keypoint_names"]
     checked = 0
     for ann in data["annotations"]:
@@ -361,8 +421,14 @@ def test_wholebody_parts_and_real_annotations(shared_data):
     assert {frozenset((91, 92)), frozenset((112, 113))} <= _links(info)
     assert not any(link & {9, 10} and link & set(range(91, 133)) for link in _links(info))
     assert names[91] == "left_hand_root" and names[112] == "right_hand_root"
-    assert names[17:23] == ["left_big_toe", "left_small_toe", "left_heel",
-                            "right_big_toe", "right_small_toe", "right_heel"]
+    assert names[17:23] == [
+        "left_big_toe",
+        "left_small_toe",
+        "left_heel",
+        "right_big_toe",
+        "right_small_toe",
+        "right_heel",
+    ]
 
 
 def test_skeletons_are_connected_where_expected():
@@ -385,9 +451,10 @@ ROBOT = {"name": "MyRobot", "keypoint_names": ["left_gripper", "right_gripper", 
 def test_custom_dataset_name_keeps_its_case(tmp_path):
     # regression: dataset_to_index lower-cased the name, so "MyRobot" could not be selected
     import torch
-    from helpers import TINY
 
     from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
+
+    from helpers import TINY
 
     assert get_dataset_info(ROBOT)["name"] == "MyRobot"
     config = ViTPoseConfig(datasets=["coco", ROBOT], **TINY)
@@ -409,9 +476,9 @@ def test_custom_dataset_name_keeps_its_case(tmp_path):
 
 
 def test_dataset_names_differing_only_in_case_need_the_exact_name():
-    from helpers import TINY
-
     from vitpose_hf import ViTPoseConfig
+
+    from helpers import TINY
 
     config = ViTPoseConfig(datasets=[ROBOT, {**ROBOT, "name": "myrobot"}], **TINY)
     assert config.dataset_to_index("MyRobot") == 0
@@ -423,9 +490,9 @@ def test_dataset_names_differing_only_in_case_need_the_exact_name():
 
 
 def test_builtin_aliases_still_select_heads():
-    from helpers import TINY
-
     from vitpose_hf import ViTPoseConfig
+
+    from helpers import TINY
 
     config = ViTPoseConfig(datasets=["coco", "aic", "wholebody", "ap10k"], **TINY)
     assert config.dataset_to_index("coco_wholebody") == config.dataset_to_index("COCO-WholeBody") == 2

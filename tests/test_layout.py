@@ -8,8 +8,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vitpose_hf"
 # the files transformers copies beside a checkpoint for trust_remote_code: flat siblings at the package root
 KERNEL = {
-    "configuration_vitpose_hf", "modeling_vitpose_hf", "conversion", "keypoint_metadata",
-    "image_processing_vitpose_hf", "images", "boxes", "codecs", "geometry",
+    "configuration_vitpose_hf",
+    "modeling_vitpose_hf",
+    "conversion",
+    "keypoint_metadata",
+    "image_processing_vitpose_hf",
+    "images",
+    "boxes",
+    "codecs",
+    "geometry",
 }
 
 
@@ -27,8 +34,11 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     found = set()
     tree = ast.parse(path.read_text(encoding="utf-8"))
     typing_only = {  # `if TYPE_CHECKING:` blocks hold annotations only
-        id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for stmt in node.body for inner in ast.walk(stmt)
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
     }
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -71,7 +81,7 @@ def test_no_import_cycles():
             if nxt.startswith(node + "."):  # a package importing its own sub-modules is not a cycle
                 continue
             if state.get(nxt) == 1 and not node.startswith(nxt + "."):
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -109,3 +119,17 @@ def test_remote_code_kernel_imports_only_itself():
 def test_everything_else_lives_in_sub_packages():
     top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "testing"}  # testing: test fixtures
     assert top <= KERNEL, f"modules outside the kernel at the package root: {sorted(top - KERNEL)}"
+
+
+def test_one_position_embedding_resampler():
+    """Only `resample_position_table` resizes a position table; everything else calls it."""
+    resamplers = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                calls = {
+                    n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                }
+                if "interpolate" in calls and ("pos" in node.name or "position" in node.name):
+                    resamplers.append(f"{path.name}:{node.name}")
+    assert resamplers == ["conversion.py:resample_position_table"], resamplers

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import PLUS_K, official_forward, randomize_batchnorm, tiny_config, tiny_plus_config, to_official_keys
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation, ViTPoseModel
+
+from helpers import PLUS_K, official_forward, randomize_batchnorm, tiny_config, tiny_plus_config, to_official_keys
 
 X = torch.randn(4, 3, 64, 48, generator=torch.Generator().manual_seed(0))
 
@@ -30,11 +31,14 @@ def plus_model(seed=0, **overrides):
 
 # ---- config ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ViTPoseConfig.preset_names())
 def test_presets_match_the_paper(name):
     config = ViTPoseConfig.from_preset(name)
     size = name.split("-")[2 if "plus" in name else 1]
-    expected = {"s": (384, 12, 12, 0.1), "b": (768, 12, 12, 0.3), "l": (1024, 24, 16, 0.5), "h": (1280, 32, 16, 0.55)}[size]
+    expected = {"s": (384, 12, 12, 0.1), "b": (768, 12, 12, 0.3), "l": (1024, 24, 16, 0.5), "h": (1280, 32, 16, 0.55)}[
+        size
+    ]
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.drop_path_rate) == expected
     assert config.mlp_ratio == 4 and config.patch_size == 16 and config.image_size == [256, 192]
     assert config.layer_norm_eps == 1e-6 and config.patch_padding == 2 and config.qkv_bias
@@ -49,7 +53,16 @@ def test_presets_match_the_paper(name):
 
 
 def test_config_json_round_trip(tmp_path):
-    config = tiny_plus_config(datasets=["coco", "aic", "mpii", "ap10k", "apt36k", {"name": "mine", "keypoint_names": ["a", "b", "c"], "flip_pairs": [[0, 1]]}])
+    config = tiny_plus_config(
+        datasets=[
+            "coco",
+            "aic",
+            "mpii",
+            "ap10k",
+            "apt36k",
+            {"name": "mine", "keypoint_names": ["a", "b", "c"], "flip_pairs": [[0, 1]]},
+        ]
+    )
     config.save_pretrained(tmp_path)
     again = ViTPoseConfig.from_pretrained(tmp_path)
     assert again.to_dict() == config.to_dict()
@@ -80,6 +93,7 @@ def test_unknown_preset():
 
 # ---- forward -----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("decoder", ["classic", "simple"])
 def test_heatmap_shape(decoder):
     config = tiny_config(decoder=decoder, datasets=["aic"])
@@ -95,7 +109,9 @@ def test_matches_independent_official_forward():
     sd = to_official_keys(model.state_dict())
     with torch.no_grad():
         for d in range(6):
-            torch.testing.assert_close(model(X, dataset_index=d).heatmaps, official_forward(sd, X, dataset=d), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                model(X, dataset_index=d).heatmaps, official_forward(sd, X, dataset=d), atol=1e-5, rtol=1e-5
+            )
 
 
 def test_simple_head_equals_upsample_then_conv():
@@ -137,11 +153,18 @@ def test_attention_implementation_can_be_switched(monkeypatch):
 
 def test_attn_implementation_on_from_pretrained(tmp_path):
     plus_model().save_pretrained(tmp_path)
-    assert ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation == "eager"
-    assert ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation="sdpa").config._attn_implementation == "sdpa"
+    assert (
+        ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation
+        == "eager"
+    )
+    assert (
+        ViTPoseForPoseEstimation.from_pretrained(tmp_path, attn_implementation="sdpa").config._attn_implementation
+        == "sdpa"
+    )
 
 
 # ---- PS-FFN ---------------------------------------------------------------------------------------------------------
+
 
 def test_mixed_batch_equals_per_sample_runs():
     model = plus_model()
@@ -167,7 +190,9 @@ def test_single_dataset_is_identical_and_saves(tmp_path, dataset):
         expected = model(X, dataset_index=k).heatmaps
         torch.testing.assert_close(dense(X).heatmaps, expected, atol=1e-6, rtol=1e-6)
         dense.save_pretrained(tmp_path)
-        torch.testing.assert_close(ViTPoseForPoseEstimation.from_pretrained(tmp_path).eval()(X).heatmaps, expected, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            ViTPoseForPoseEstimation.from_pretrained(tmp_path).eval()(X).heatmaps, expected, atol=1e-6, rtol=1e-6
+        )
 
 
 def _flops(model, x, **kwargs):
@@ -184,7 +209,8 @@ def test_expert_cost_does_not_grow_with_experts():
     base = _flops(dense, X)
     assert _flops(plus, X, dataset_index=0) == base
     assert _flops(plus, X, dataset_index=torch.tensor([0, 1, 0, 2])) == _flops(plus, X, dataset_index=0) + (
-        _flops(plus.heads[1], torch.zeros(1, 32, 8, 6)) + _flops(plus.heads[2], torch.zeros(1, 32, 8, 6))
+        _flops(plus.heads[1], torch.zeros(1, 32, 8, 6))
+        + _flops(plus.heads[2], torch.zeros(1, 32, 8, 6))
         - 2 * _flops(plus.heads[0], torch.zeros(1, 32, 8, 6))
     )
 
@@ -225,7 +251,9 @@ def test_non_finite_images_are_rejected_by_the_processor(bad):
     with pytest.raises(ValueError, match="NaN or infinite"):
         ViTPoseImageProcessor(size={"height": 64, "width": 48})(image, boxes=[[0, 0, 30, 40]], box_format="xywh")
     with pytest.raises(ValueError, match="NaN or infinite"):
-        ViTPoseImageProcessor(size={"height": 64, "width": 48})(image.permute(1, 2, 0).numpy(), boxes=[[0, 0, 30, 40]], box_format="xywh")
+        ViTPoseImageProcessor(size={"height": 64, "width": 48})(
+            image.permute(1, 2, 0).numpy(), boxes=[[0, 0, 30, 40]], box_format="xywh"
+        )
 
 
 def test_wrong_pixel_shape_is_rejected():
@@ -235,9 +263,11 @@ def test_wrong_pixel_shape_is_rejected():
 
 # ---- resolution ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [(96, 72), (88, 40)], ids=["up-12x9", "mixed-11x5"])
 def test_other_resolution_needs_interpolation_on_request(size):
     import cv2  # a test dependency; only this test needs it here
+
     model = ViTPoseForPoseEstimation(tiny_config()).eval()
     with torch.no_grad():
         model.backbone.pos_embed.normal_(generator=torch.Generator().manual_seed(3))  # slot 0 non-zero too
@@ -266,6 +296,7 @@ def test_other_resolution_needs_interpolation_on_request(size):
 
 # ---- training ------------------------------------------------------------------------------------------------------
 
+
 def test_loss_is_visibility_weighted_mse():
     model = ViTPoseForPoseEstimation(tiny_config()).eval()
     labels = torch.rand(4, 17, 32, 24)
@@ -292,8 +323,10 @@ def test_each_head_learns_only_from_its_own_samples():
     with torch.no_grad():
         model.eval()
         hm = model(X, dataset_index=index).heatmaps
-        expected = sum(((hm[rows, : PLUS_K[d]] - labels[rows, : PLUS_K[d]]) ** 2).sum() / (4 * PLUS_K[d] * 32 * 24)
-                       for d, rows in ((0, [0, 2]), (5, [1]), (3, [3])))
+        expected = sum(
+            ((hm[rows, : PLUS_K[d]] - labels[rows, : PLUS_K[d]]) ** 2).sum() / (4 * PLUS_K[d] * 32 * 24)
+            for d, rows in ((0, [0, 2]), (5, [1]), (3, [3]))
+        )
         torch.testing.assert_close(model(X, dataset_index=index, labels=labels).loss, expected)
 
 
@@ -302,7 +335,11 @@ def test_every_parameter_gets_a_gradient():
     index = torch.tensor([0, 1, 2, 3, 4, 5])
     x = torch.randn(6, 3, 64, 48)
     model(x, dataset_index=index, labels=torch.rand(6, 133, 32, 24)).loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert not missing
 
 
@@ -354,6 +391,7 @@ def test_param_groups_follow_the_official_layer_decay():
 
 
 # ---- save / load -------------------------------------------------------------------------------------------------
+
 
 def test_save_load_is_bit_identical(tmp_path):
     model = plus_model()
@@ -409,18 +447,20 @@ def test_trust_remote_code_without_the_package(tmp_path):
             raise SystemExit("vitpose_hf is importable")
         import torch
         from transformers import AutoModelForPoseEstimation
-        model = AutoModelForPoseEstimation.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
+        model = AutoModelForPoseEstimation.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert "vitpose_hf" not in type(model).__module__.split(".")[0], type(model).__module__
         with torch.no_grad():
-            got = model(torch.load({str(tmp_path / 'x.pt')!r}), dataset_index=4).heatmaps
-        assert torch.equal(got, torch.load({str(tmp_path / 'expected.pt')!r})), (got - torch.load({str(tmp_path / 'expected.pt')!r})).abs().max()
+            got = model(torch.load({str(tmp_path / "x.pt")!r}), dataset_index=4).heatmaps
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert torch.equal(got, expected), (got - expected).abs().max()
         from transformers import AutoImageProcessor
-        processor = AutoImageProcessor.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
         assert "vitpose_hf" not in type(processor).__module__.split(".")[0], type(processor).__module__
         image = torch.randint(0, 255, (3, 120, 90), dtype=torch.uint8)
         inputs = processor(image, boxes=[[10, 20, 40, 60]], box_format="xywh")
         with torch.no_grad():
-            people = processor.post_process_pose_estimation(model(inputs["pixel_values"], dataset_index=0), crop_metadata=inputs)
+            outputs = model(inputs["pixel_values"], dataset_index=0)
+            people = processor.post_process_pose_estimation(outputs, crop_metadata=inputs)
         assert len(people) == 1 and people[0][0]["keypoints"].shape == (17, 2)
         print("remote ok", type(model).__module__)
     """)

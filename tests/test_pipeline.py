@@ -14,11 +14,10 @@ import torch
 import transformers
 from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil
 
-from helpers import tiny_config, tiny_plus_config
 from vitpose_hf import ViTPoseForPoseEstimation
+from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.inference.detection import ObjectDetector
 from vitpose_hf.inference.hub import HubUnreachableError
-from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.inference.pipeline import (
     DEFAULT_MODEL,
     TASK,
@@ -27,22 +26,109 @@ from vitpose_hf.inference.pipeline import (
     register_pipeline,
 )
 
+from helpers import tiny_config, tiny_plus_config
+
 COCO_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
     "right_ankle",
 ]
 # the 80 COCO detection classes in the usual contiguous order (what COCO-trained detectors' id2label holds)
 COCO80 = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
-    "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ]
 INPUT_H, INPUT_W = 64, 48
 
@@ -145,12 +231,23 @@ def tiny_detector() -> tuple[DetrForObjectDetection, DetrImageProcessorPil]:
         use_timm_backbone=False,
         use_pretrained_backbone=False,
         backbone_config={
-            "model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 8, 8, 16], "depths": [1, 1, 1, 1],
-            "layer_type": "basic", "out_features": ["stage4"],
+            "model_type": "resnet",
+            "embedding_size": 8,
+            "hidden_sizes": [8, 8, 8, 16],
+            "depths": [1, 1, 1, 1],
+            "layer_type": "basic",
+            "out_features": ["stage4"],
         },
-        d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=12,
-        id2label=dict(enumerate(COCO80)), label2id={name: i for i, name in enumerate(COCO80)},
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        id2label=dict(enumerate(COCO80)),
+        label2id={name: i for i, name in enumerate(COCO80)},
     )
     model = DetrForObjectDetection(config).eval()
     with torch.no_grad():
@@ -244,14 +341,33 @@ def test_transformers_vitpose_checkpoint_like_the_default_model(coco, tmp_path):
     from transformers import VitPoseConfig, VitPoseForPoseEstimation
 
     torch.manual_seed(0)
-    backbone = {"model_type": "vitpose_backbone", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "image_size": [INPUT_H, INPUT_W], "patch_size": [8, 8], "out_indices": [2]}
-    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17, use_simple_decoder=True)).save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "do_normalize": True,
-        "do_rescale": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-        "normalize_factor": 200.0, "rescale_factor": 1 / 255, "size": {"height": INPUT_H, "width": INPUT_W},
-    }))
+    backbone = {
+        "model_type": "vitpose_backbone",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": [INPUT_H, INPUT_W],
+        "patch_size": [8, 8],
+        "out_indices": [2],
+    }
+    VitPoseForPoseEstimation(
+        VitPoseConfig(backbone_config=backbone, num_labels=17, use_simple_decoder=True)
+    ).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "VitPoseImageProcessor",
+                "do_affine_transform": True,
+                "do_normalize": True,
+                "do_rescale": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+                "normalize_factor": 200.0,
+                "rescale_factor": 1 / 255,
+                "size": {"height": INPUT_H, "width": INPUT_W},
+            }
+        )
+    )
     paths, boxes = coco
     ours = pipeline(str(tmp_path), device="cpu")
     assert isinstance(ours.model, ViTPoseForPoseEstimation) and isinstance(ours.image_processor, ViTPoseImageProcessor)
@@ -507,7 +623,7 @@ def test_tiny_detector_finds_the_boxes_and_the_label_filter_applies(pose_dir, de
     expected = detections_by_hand(images, 0.5, {"person"})
     # the detections above the threshold hold other classes, and only persons come through
     assert {"dog", "cat"} <= {name for raw_names, _ in expected for name in raw_names}
-    for people, (raw_names, kept) in zip(results, expected):
+    for people, (_raw_names, kept) in zip(results, expected):
         assert len(people) == len(kept) > 0
         for person, (box, score, name) in zip(people, kept):
             assert person["label"] == "person" == name
@@ -528,7 +644,9 @@ def test_detector_labels_follow_the_dataset(plus_dir, detector_dir, coco):
     images = [PIL.Image.open(paths[0]).convert("RGB")]
     animals = pipeline(str(plus_dir), detector=str(detector_dir), device="cpu", dataset="ap10k")
     people = animals(paths[0])
-    kept = detections_by_hand(images, 0.5, {"dog", "cat", "horse", "sheep", "cow", "bird", "elephant", "bear", "zebra", "giraffe"})[0][1]
+    kept = detections_by_hand(
+        images, 0.5, {"dog", "cat", "horse", "sheep", "cow", "bird", "elephant", "bear", "zebra", "giraffe"}
+    )[0][1]
     assert len(people) == len(kept) > 0
     assert {p["label"] for p in people} <= {"dog", "cat"}
     assert all(len(p["keypoints"]) == 17 and p["dataset"] == "ap10k" for p in people)
@@ -546,8 +664,13 @@ def test_detector_as_instance_pipeline_or_callable(pose_dir, coco):
     assert by_instance == by_pipeline and len(by_instance) > 0
 
     def detector(images):
-        return [[{"box": {"xmin": 10, "ymin": 20, "xmax": 110, "ymax": 220}, "score": 0.8, "label": "person"},
-                 {"box": [0, 0, 5, 5], "score": 0.9, "label": "car"}] for _ in images]
+        return [
+            [
+                {"box": {"xmin": 10, "ymin": 20, "xmax": 110, "ymax": 220}, "score": 0.8, "label": "person"},
+                {"box": [0, 0, 5, 5], "score": 0.9, "label": "car"},
+            ]
+            for _ in images
+        ]
 
     people = pipeline(str(pose_dir), detector=detector, device="cpu")(paths[0])
     assert len(people) == 1 and people[0]["box"] == [10.0, 20.0, 100.0, 200.0] and people[0]["label"] == "person"
@@ -606,7 +729,18 @@ def test_model_instance_and_transformers_model_rejected(coco):
     assert len(pipe(paths[0], boxes=boxes[0])) == 1
     from transformers import VitPoseConfig, VitPoseForPoseEstimation
 
-    theirs = VitPoseForPoseEstimation(VitPoseConfig(backbone_config={"model_type": "vitpose_backbone", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": [64, 48], "patch_size": [8, 8]}))
+    theirs = VitPoseForPoseEstimation(
+        VitPoseConfig(
+            backbone_config={
+                "model_type": "vitpose_backbone",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "image_size": [64, 48],
+                "patch_size": [8, 8],
+            }
+        )
+    )
     with pytest.raises(TypeError, match="ViTPoseForPoseEstimation.from_pretrained"):
         PoseEstimationPipeline(model=theirs, device="cpu")
 

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-
 from test_pipeline import tiny_detector, tiny_pose_model  # tiny checkpoint builders shared with the pipeline tests
+
 from vitpose_hf.cli import main
+from vitpose_hf.cli.predict import SAMPLE_IMAGE
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import get_dataset_info
-from vitpose_hf.cli.predict import SAMPLE_IMAGE
 
 COCO_SKELETON = get_dataset_info("coco")["skeleton"]
 
@@ -75,7 +75,10 @@ def test_writes_png_and_json_with_the_skeleton_drawn(model_dir, coco_dir, tmp_pa
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"000000000785.jpg": [[280.79, 44.73, 218.7, 346.68]]}))
     out, result = tmp_path / "out", tmp_path / "poses.json"
-    assert predict(str(image_path), "--model", model_dir, "--boxes", str(boxes), "--out", str(out), "--json", str(result)) == 0
+    assert (
+        predict(str(image_path), "--model", model_dir, "--boxes", str(boxes), "--out", str(out), "--json", str(result))
+        == 0
+    )
 
     payload = json.loads(result.read_text())
     assert payload["dataset"] == "coco" and payload["box_format"] == "xywh"
@@ -98,8 +101,19 @@ def test_writes_png_and_json_with_the_skeleton_drawn(model_dir, coco_dir, tmp_pa
 def test_coco_detection_results_on_a_folder(model_dir, coco_dir, tmp_path):
     out, result = tmp_path / "out", tmp_path / "poses.json"
     detections = coco_dir / "test_coco_det_AP_H_56.json"
-    rc = predict(str(coco_dir), "--model", model_dir, "--boxes", str(detections), "--box-threshold", "0.5",
-                 "--out", str(out), "--json", str(result))
+    rc = predict(
+        str(coco_dir),
+        "--model",
+        model_dir,
+        "--boxes",
+        str(detections),
+        "--box-threshold",
+        "0.5",
+        "--out",
+        str(out),
+        "--json",
+        str(result),
+    )
     assert rc == 0
     raw = json.loads(detections.read_text())
     images = json.loads(result.read_text())["images"]
@@ -113,8 +127,19 @@ def test_coco_detection_results_on_a_folder(model_dir, coco_dir, tmp_path):
     assert sum(len(r["people"]) for r in images) == 18
 
     # --box-format xyxy converts the COCO boxes
-    rc = predict(str(coco_dir / "000000000785.jpg"), "--model", model_dir, "--boxes", str(detections),
-                 "--box-threshold", "0.5", "--box-format", "xyxy", "--json", str(result))
+    rc = predict(
+        str(coco_dir / "000000000785.jpg"),
+        "--model",
+        model_dir,
+        "--boxes",
+        str(detections),
+        "--box-threshold",
+        "0.5",
+        "--box-format",
+        "xyxy",
+        "--json",
+        str(result),
+    )
     assert rc == 0
     (record,) = json.loads(result.read_text())["images"]
     x, y, w, h = next(d["bbox"] for d in raw if d["image_id"] == 785 and d["score"] >= 0.5)
@@ -124,7 +149,10 @@ def test_coco_detection_results_on_a_folder(model_dir, coco_dir, tmp_path):
 
 def test_coco_annotation_file_and_file_name_entries(model_dir, coco_dir, tmp_path):
     result = tmp_path / "poses.json"
-    assert predict(str(coco_dir), "--model", model_dir, "--boxes", str(coco_dir / "test_coco.json"), "--json", str(result)) == 0
+    assert (
+        predict(str(coco_dir), "--model", model_dir, "--boxes", str(coco_dir / "test_coco.json"), "--json", str(result))
+        == 0
+    )
     counts = [len(r["people"]) for r in json.loads(result.read_text())["images"]]
     assert counts == [1, 3, 5, 5]  # the non-crowd ground-truth boxes of each image, in file order
 
@@ -134,13 +162,21 @@ def test_coco_annotation_file_and_file_name_entries(model_dir, coco_dir, tmp_pat
     ]
     boxes = tmp_path / "by_name.json"
     boxes.write_text(json.dumps(entries))
-    assert predict(str(coco_dir / "000000040083.jpg"), "--model", model_dir, "--boxes", str(boxes), "--json", str(result)) == 0
+    assert (
+        predict(str(coco_dir / "000000040083.jpg"), "--model", model_dir, "--boxes", str(boxes), "--json", str(result))
+        == 0
+    )
     people = json.loads(result.read_text())["images"][0]["people"]
     assert [p["box_score"] for p in people] == [0.7]  # the dog (category 18) is not a person
 
     mapping = tmp_path / "mapping.json"
     mapping.write_text(json.dumps({"000000040083.jpg": [{"bbox": [0, 0, 50, 80], "score": 0.4}, [10, 10, 30, 30]]}))
-    assert predict(str(coco_dir / "000000040083.jpg"), "--model", model_dir, "--boxes", str(mapping), "--json", str(result)) == 0
+    assert (
+        predict(
+            str(coco_dir / "000000040083.jpg"), "--model", model_dir, "--boxes", str(mapping), "--json", str(result)
+        )
+        == 0
+    )
     people = json.loads(result.read_text())["images"][0]["people"]
     assert [p["box"] for p in people] == [[0, 0, 50, 80], [10, 10, 30, 30]]
     assert [p["box_score"] for p in people] == [0.4, None]
@@ -159,7 +195,12 @@ def test_bundled_sample_is_the_default_input(model_dir, tmp_path, capsys):
 
 def test_json_to_stdout_and_flip_test(model_dir, coco_dir, capsys):
     boxes = str(coco_dir / "test_coco.json")
-    assert predict(str(coco_dir / "000000000785.jpg"), "--model", model_dir, "--boxes", boxes, "--flip-test", "--json", "-") == 0
+    assert (
+        predict(
+            str(coco_dir / "000000000785.jpg"), "--model", model_dir, "--boxes", boxes, "--flip-test", "--json", "-"
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     payload = json.loads(captured.out)
     assert len(payload["images"][0]["people"]) == 1
@@ -168,8 +209,17 @@ def test_json_to_stdout_and_flip_test(model_dir, coco_dir, capsys):
 
 def test_dataset_flag_picks_the_head(plus_model_dir, coco_dir, tmp_path):
     result = tmp_path / "poses.json"
-    rc = predict(str(coco_dir / "000000000785.jpg"), "--model", plus_model_dir, "--dataset", "aic",
-                 "--boxes", str(coco_dir / "test_coco.json"), "--json", str(result))
+    rc = predict(
+        str(coco_dir / "000000000785.jpg"),
+        "--model",
+        plus_model_dir,
+        "--dataset",
+        "aic",
+        "--boxes",
+        str(coco_dir / "test_coco.json"),
+        "--json",
+        str(result),
+    )
     assert rc == 0
     person = json.loads(result.read_text())["images"][0]["people"][0]
     assert person["dataset"] == "aic" and len(person["keypoints"]) == 14
@@ -222,8 +272,17 @@ def test_video_without_opencv_names_the_extra(model_dir, tmp_path, monkeypatch, 
 
 def test_detector_flag(model_dir, detector_dir, coco_dir, tmp_path):
     result = tmp_path / "poses.json"
-    rc = predict(str(coco_dir / "000000000785.jpg"), "--model", model_dir, "--detector", detector_dir,
-                 "--box-threshold", "0.5", "--json", str(result))
+    rc = predict(
+        str(coco_dir / "000000000785.jpg"),
+        "--model",
+        model_dir,
+        "--detector",
+        detector_dir,
+        "--box-threshold",
+        "0.5",
+        "--json",
+        str(result),
+    )
     assert rc == 0
     people = json.loads(result.read_text())["images"][0]["people"]
     assert people and all(p["label"] == "person" and p["box_score"] >= 0.5 for p in people)

@@ -13,7 +13,9 @@ import urllib.request
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(os.environ.get("RUN_SLOW", "0").lower() not in ("1", "true", "yes"), reason="needs the Hub: RUN_SLOW=1")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RUN_SLOW", "0").lower() not in ("1", "true", "yes"), reason="needs the Hub: RUN_SLOW=1"
+)
 
 IMAGE_URL = "http://images.cocodataset.org/val2017/000000000139.jpg"
 BOXES = [[412.8, 157.61, 53.05, 138.01], [384.43, 172.21, 15.12, 35.74]]  # xywh

@@ -25,13 +25,21 @@ import torch
 from safetensors.torch import load_file
 
 from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
-from vitpose_hf.training import train as train_module
-from vitpose_hf.data.transforms import AugmentConfig, MixedDatasetSampler, TopDownCollator, TopDownDataset, TopDownSource, TopDownTransform, InstanceTable
 from vitpose_hf.conversion import adapt_model, convert_vit_state_dict, load_vit_backbone
-from vitpose_hf.geometry import warp_matrix
 from vitpose_hf.data.hub_dataset import explode_instances, write_layout
-from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, synthetic_keypoint_dataset
+from vitpose_hf.data.transforms import (
+    AugmentConfig,
+    InstanceTable,
+    MixedDatasetSampler,
+    TopDownCollator,
+    TopDownDataset,
+    TopDownSource,
+    TopDownTransform,
+)
+from vitpose_hf.geometry import warp_matrix
 from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
+from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, synthetic_keypoint_dataset
+from vitpose_hf.training import train as train_module
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,patch_size=8,deconv_channels=32"
@@ -48,8 +56,23 @@ def run_training(argv: list[str]) -> int:
 
 
 def tiny_args(output_dir: Path, *dataset_dirs: Path, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
-    argv = ["--model_size", "s", "--config_overrides", TINY, "--image_size", "64", "48", "--output_dir", str(output_dir),
-            "--max_train_steps", str(steps), "--dataloader_num_workers", "0", "--logging_steps", "10"]
+    argv = [
+        "--model_size",
+        "s",
+        "--config_overrides",
+        TINY,
+        "--image_size",
+        "64",
+        "48",
+        "--output_dir",
+        str(output_dir),
+        "--max_train_steps",
+        str(steps),
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "10",
+    ]
     for d in dataset_dirs:
         argv += ["--dataset_name", str(d)]
     return argv + list(extra)
@@ -89,10 +112,18 @@ def figure_data(tmp_path_factory) -> Path:
 def two_layouts(tmp_path_factory) -> tuple[Path, Path]:
     """A COCO-layout and an AP-10K-layout synthetic set (17 keypoints each, other names, UDP vs non-UDP)."""
     root = tmp_path_factory.mktemp("multi")
-    coco = save_hub(root / "coco", "coco", synthetic_keypoint_dataset("coco", num_images=24, seed=2),
-                    synthetic_keypoint_dataset("coco", num_images=6, seed=3))
-    ap10k = save_hub(root / "ap10k", "ap10k", synthetic_keypoint_dataset("ap10k", num_images=24, seed=4),
-                     synthetic_keypoint_dataset("ap10k", num_images=6, seed=5))
+    coco = save_hub(
+        root / "coco",
+        "coco",
+        synthetic_keypoint_dataset("coco", num_images=24, seed=2),
+        synthetic_keypoint_dataset("coco", num_images=6, seed=3),
+    )
+    ap10k = save_hub(
+        root / "ap10k",
+        "ap10k",
+        synthetic_keypoint_dataset("ap10k", num_images=24, seed=4),
+        synthetic_keypoint_dataset("ap10k", num_images=6, seed=5),
+    )
     return coco, ap10k
 
 
@@ -152,7 +183,9 @@ def test_augmentation_follows_the_official_recipe_and_crops_like_opencv():
         image = np.asarray(row["image"].convert("RGB"))
         kps = np.asarray(obj["keypoints"])
         sample = transform(image, obj["bbox"], kps, np.random.default_rng(n))
-        flipped, center, scale, rotation = reference_crop_parameters(np.random.default_rng(n), obj["bbox"], kps, image.shape[1], info)
+        flipped, center, scale, rotation = reference_crop_parameters(
+            np.random.default_rng(n), obj["bbox"], kps, image.shape[1], info
+        )
         assert bool(sample["flipped"]) == flipped
         np.testing.assert_allclose(sample["center"].numpy(), center, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(sample["scale"].numpy(), scale, rtol=1e-5)
@@ -161,8 +194,12 @@ def test_augmentation_follows_the_official_recipe_and_crops_like_opencv():
         seen["rotation"] += rotation != 0
         # the crop is OpenCV's warpAffine of the (mirrored) image with the official UDP matrix
         source = np.ascontiguousarray(image[:, ::-1] if flipped else image).astype(np.float32)
-        matrix = warp_matrix(torch.tensor(center[None]), torch.tensor(scale[None]), (64, 48), rotation, use_udp=True)[0].numpy()
-        expected = cv2.warpAffine(source, matrix, (48, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        matrix = warp_matrix(torch.tensor(center[None]), torch.tensor(scale[None]), (64, 48), rotation, use_udp=True)[
+            0
+        ].numpy()
+        expected = cv2.warpAffine(
+            source, matrix, (48, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
         expected = (expected / 255 - MEAN) / STD
         got = sample["pixel_values"].permute(1, 2, 0).numpy()
         assert np.abs(got - expected).mean() < 0.01 and np.abs(got - expected).max() < 0.25
@@ -203,8 +240,10 @@ def test_half_body_and_jitter_rates():
 def test_sampler_mixes_datasets_with_ratios_and_is_reproducible():
     sampler = MixedDatasetSampler([30, 10], seed=1)
     items = list(sampler)
-    assert len(items) == 40 and sorted((d, i) for d, i, _ in items) == [(0, i) for i in range(30)] + [(1, i) for i in range(10)]
-    batches = [items[i:i + 8] for i in range(0, 40, 8)]
+    assert len(items) == 40 and sorted((d, i) for d, i, _ in items) == [(0, i) for i in range(30)] + [
+        (1, i) for i in range(10)
+    ]
+    batches = [items[i : i + 8] for i in range(0, 40, 8)]
     assert sum(len({d for d, _, _ in b}) == 2 for b in batches) >= 3  # batches mix datasets
     assert list(MixedDatasetSampler([30, 10], seed=1)) == items  # same seed and epoch: same items and seeds
     sampler.set_epoch(1)
@@ -218,8 +257,16 @@ def test_schedule_and_layer_decay_groups():
     schedule = train_module.StepWarmupSchedule(500, 0.001, [1700, 2000], 0.1)
     assert schedule(0) == pytest.approx(0.001) and schedule(250) == pytest.approx(0.5005) and schedule(500) == 1.0
     assert schedule(1699) == 1.0 and schedule(1700) == pytest.approx(0.1) and schedule(2000) == pytest.approx(0.01)
-    model = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                   image_size=(64, 48), patch_size=8, deconv_channels=16))
+    model = ViTPoseForPoseEstimation(
+        ViTPoseConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=(64, 48),
+            patch_size=8,
+            deconv_channels=16,
+        )
+    )
     optimizer = train_module.build_optimizer(model, 5e-4, 0.1, 0.75)
     lr_of = {}
     for group in optimizer.param_groups:
@@ -241,12 +288,22 @@ def test_schedule_and_layer_decay_groups():
 def test_init_from_transformers_vit_interpolates_the_position_embedding(tmp_path, kind):
     from transformers import ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
 
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8)
-    source = ViTMAEModel(ViTMAEConfig(**common)) if kind == "mae" else ViTModel(ViTConfig(**common), add_pooling_layer=False)
+    common = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8
+    )
+    source = (
+        ViTMAEModel(ViTMAEConfig(**common)) if kind == "mae" else ViTModel(ViTConfig(**common), add_pooling_layer=False)
+    )
     source.save_pretrained(tmp_path / "encoder")
     state = load_file(tmp_path / "encoder" / "model.safetensors")  # the checkpoint format: encoder.layer.{i}.*
-    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8,
-                           deconv_channels=16)
+    config = ViTPoseConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=(64, 48),
+        patch_size=8,
+        deconv_channels=16,
+    )
     model = ViTPoseForPoseEstimation(config)
     last_norm = model.backbone.last_norm.weight.detach().clone()
     load_vit_backbone(model, str(tmp_path / "encoder"))
@@ -254,13 +311,22 @@ def test_init_from_transformers_vit_interpolates_the_position_embedding(tmp_path
     layer = "encoder.layer.1.attention.attention."
     qkv = torch.cat([state[layer + n + ".weight"] for n in ("query", "key", "value")])
     torch.testing.assert_close(ours["backbone.blocks.1.attn.qkv.weight"], qkv)
-    torch.testing.assert_close(ours["backbone.blocks.0.mlp.fc1.weight"], state["encoder.layer.0.intermediate.dense.weight"])
+    torch.testing.assert_close(
+        ours["backbone.blocks.0.mlp.fc1.weight"], state["encoder.layer.0.intermediate.dense.weight"]
+    )
     torch.testing.assert_close(ours["backbone.blocks.0.norm2.bias"], state["encoder.layer.0.layernorm_after.bias"])
-    torch.testing.assert_close(ours["backbone.patch_embed.proj.weight"], state["embeddings.patch_embeddings.projection.weight"])
+    torch.testing.assert_close(
+        ours["backbone.patch_embed.proj.weight"], state["embeddings.patch_embeddings.projection.weight"]
+    )
     # position embedding: class slot kept, 4x4 grid resized to the 8x6 token grid (bicubic, align_corners=False)
     pos = state["embeddings.position_embeddings"]
-    grid = torch.nn.functional.interpolate(pos[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic",
-                                           align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 32)
+    grid = (
+        torch.nn.functional.interpolate(
+            pos[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic", align_corners=False
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 48, 32)
+    )
     torch.testing.assert_close(ours["backbone.pos_embed"], torch.cat([pos[:, :1], grid], dim=1))
     torch.testing.assert_close(model.backbone.last_norm.weight, last_norm)  # the encoder's final norm is not used
     # transformers 5 modules name their weights differently in memory: the same tensors come out
@@ -279,8 +345,13 @@ def test_position_table_without_class_slot_gets_a_zero_slot_and_is_resampled():
     torch.manual_seed(0)
     table = torch.randn(1, 16, 8)
     out = _interpolate_pos_embed(table, (8, 6))
-    grid = torch.nn.functional.interpolate(table.reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic",
-                                           align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 8)
+    grid = (
+        torch.nn.functional.interpolate(
+            table.reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic", align_corners=False
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 48, 8)
+    )
     torch.testing.assert_close(out, torch.cat([torch.zeros(1, 1, 8), grid], dim=1))
     same = torch.randn(1, 1 + 36, 8)
     assert torch.equal(_interpolate_pos_embed(same, (6, 6)), same)  # already the model's grid: unchanged
@@ -290,8 +361,17 @@ def test_position_table_without_class_slot_gets_a_zero_slot_and_is_resampled():
 
 def test_dense_to_experts_keeps_the_function_and_reuses_heads():
     torch.manual_seed(0)
-    dense = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                                                   patch_size=8, deconv_channels=16, datasets=["coco"])).eval()
+    dense = ViTPoseForPoseEstimation(
+        ViTPoseConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=(64, 48),
+            patch_size=8,
+            deconv_channels=16,
+            datasets=["coco"],
+        )
+    ).eval()
     plus = adapt_model(dense, [get_dataset_info("coco"), get_dataset_info("ap10k")], num_experts=2).eval()
     assert plus.config.num_experts == 2 and plus.config.part_features == 8
     x = torch.randn(3, 3, 64, 48)
@@ -302,12 +382,25 @@ def test_dense_to_experts_keeps_the_function_and_reuses_heads():
         features = [plus.backbone(x, dataset_index=i).last_hidden_state for i in (0, 1)]
     torch.testing.assert_close(features[0], features[1])
     torch.testing.assert_close(plus.heads[0].final_layer.weight, dense.heads[0].final_layer.weight)
-    # a six-expert checkpoint with the COCO head only (transformers' ViTPose++): AP-10K gets expert 3, the official index
-    six = ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                                                 patch_size=8, deconv_channels=16, num_experts=6, part_features=8)).eval()
+    # a six-expert checkpoint with the COCO head only (transformers' ViTPose++): AP-10K gets expert 3,
+    # the official index
+    six = ViTPoseForPoseEstimation(
+        ViTPoseConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=(64, 48),
+            patch_size=8,
+            deconv_channels=16,
+            num_experts=6,
+            part_features=8,
+        )
+    ).eval()
     animal = adapt_model(six, [get_dataset_info("ap10k")], num_experts=1).eval()
     with torch.no_grad():
-        torch.testing.assert_close(animal.backbone(x).last_hidden_state, six.backbone(x, expert_index=3).last_hidden_state)
+        torch.testing.assert_close(
+            animal.backbone(x).last_hidden_state, six.backbone(x, expert_index=3).last_hidden_state
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,8 +413,12 @@ def test_synthetic_figures_training_beats_the_untrained_model(figure_data, tmp_p
     assert run_training(tiny_args(tmp_path / "untrained", figure_data, steps=0, extra=common)) == 0
     untrained = results(tmp_path / "untrained")["eval"][str(figure_data)]
     out = tmp_path / "trained"
-    argv = tiny_args(out, figure_data, steps=150, extra=common + ("--dataloader_num_workers", "2", "--eval_steps", "75",
-                                                                   "--checkpointing_steps", "75"))
+    argv = tiny_args(
+        out,
+        figure_data,
+        steps=150,
+        extra=common + ("--dataloader_num_workers", "2", "--eval_steps", "75", "--checkpointing_steps", "75"),
+    )
     assert run_training(argv) == 0
     final = results(out)["eval"][str(figure_data)]
     assert untrained["AP"] < 0.05
@@ -332,7 +429,13 @@ def test_synthetic_figures_training_beats_the_untrained_model(figure_data, tmp_p
     assert "skipped 4 bad annotations" in caplog.text
     # the folder that --push_to_hub uploads: weights, processor, card, remote code; no checkpoints
     pushed = train_module.files_to_push(out)
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_vitpose_hf.py"} <= set(pushed)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "modeling_vitpose_hf.py",
+    } <= set(pushed)
     assert not any(p.startswith("checkpoints/") for p in pushed) and (out / "checkpoints" / "step_75").is_dir()
     assert "best/model.safetensors" in pushed
     from huggingface_hub import ModelCard
@@ -343,9 +446,25 @@ def test_synthetic_figures_training_beats_the_untrained_model(figure_data, tmp_p
     # the evaluation command (its own crops, decoding and protocol) scores the saved model as training did
     from vitpose_hf.cli import main as cli
 
-    assert cli(["eval", str(out), "--hub-dataset", str(figure_data), "--split", "validation",
-                "--output", str(tmp_path / "eval.json"), "--no-progress"]) == 0
-    assert json.loads((tmp_path / "eval_metrics.json").read_text())["metrics"]["AP"] == pytest.approx(final["AP"], abs=1e-6)
+    assert (
+        cli(
+            [
+                "eval",
+                str(out),
+                "--hub-dataset",
+                str(figure_data),
+                "--split",
+                "validation",
+                "--output",
+                str(tmp_path / "eval.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "eval_metrics.json").read_text())["metrics"]["AP"] == pytest.approx(
+        final["AP"], abs=1e-6
+    )
     # the saved model + processor predict keypoints near the drawn ones (pipeline of the inference side)
     from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 
@@ -364,13 +483,46 @@ def test_overfitting_real_coco_instances_lowers_the_loss_10x(shared_data, tmp_pa
     from vitpose_hf.data import hub_dataset as hub_dataset
 
     hub = tmp_path / "coco"
-    assert hub_dataset.main(["--annotations", str(shared_data / "mmpose" / "coco" / "test_coco.json"), "--output", str(hub),
-                             "--cache_dir", str(tmp_path / "cache")]) == 0
+    assert (
+        hub_dataset.main(
+            [
+                "--annotations",
+                str(shared_data / "mmpose" / "coco" / "test_coco.json"),
+                "--output",
+                str(hub),
+                "--cache_dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "overfit"
-    argv = tiny_args(out, hub, steps=100, extra=(
-        "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=4,patch_size=8,deconv_channels=64",
-        "--per_device_train_batch_size", "12", "--learning_rate", "2e-3", "--warmup_steps", "0", "--weight_decay", "0",
-        "--drop_path_rate", "0", "--no_augmentation", "--logging_steps", "1", "--lr_steps", "1000", "--lr_step_unit", "step"))
+    argv = tiny_args(
+        out,
+        hub,
+        steps=100,
+        extra=(
+            "--config_overrides",
+            "hidden_size=64,num_hidden_layers=2,num_attention_heads=4,patch_size=8,deconv_channels=64",
+            "--per_device_train_batch_size",
+            "12",
+            "--learning_rate",
+            "2e-3",
+            "--warmup_steps",
+            "0",
+            "--weight_decay",
+            "0",
+            "--drop_path_rate",
+            "0",
+            "--no_augmentation",
+            "--logging_steps",
+            "1",
+            "--lr_steps",
+            "1000",
+            "--lr_step_unit",
+            "step",
+        ),
+    )
     assert run_training(argv) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
@@ -379,8 +531,13 @@ def test_overfitting_real_coco_instances_lowers_the_loss_10x(shared_data, tmp_pa
 
 
 def _heads_and_experts(state: dict) -> dict[str, torch.Tensor]:
-    keys = ["heads.0.final_layer.weight", "heads.1.final_layer.weight", "backbone.blocks.0.mlp.experts.0.weight",
-            "backbone.blocks.0.mlp.experts.1.weight", "backbone.blocks.0.attn.qkv.weight"]
+    keys = [
+        "heads.0.final_layer.weight",
+        "heads.1.final_layer.weight",
+        "backbone.blocks.0.mlp.experts.0.weight",
+        "backbone.blocks.0.mlp.experts.1.weight",
+        "backbone.blocks.0.attn.qkv.weight",
+    ]
     return {k: state[k] for k in keys}
 
 
@@ -388,16 +545,30 @@ def test_multi_dataset_trains_each_head_and_expert_on_its_own_data(two_layouts, 
     coco, ap10k = two_layouts
     # gradients of one batch: a head / expert gets none from the other dataset's samples
     model = adapt_model(
-        ViTPoseForPoseEstimation(ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                                               patch_size=8, deconv_channels=16)),
-        [get_dataset_info("coco"), get_dataset_info("ap10k")], num_experts=2)
+        ViTPoseForPoseEstimation(
+            ViTPoseConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=(64, 48),
+                patch_size=8,
+                deconv_channels=16,
+            )
+        ),
+        [get_dataset_info("coco"), get_dataset_info("ap10k")],
+        num_experts=2,
+    )
     sources = []
     for head, path in enumerate((coco, ap10k)):
         images = datasets.load_from_disk(str(path))["train"]
         instances, _ = explode_instances(images, 17)
         layout = "coco" if head == 0 else "ap10k"
         transform = TopDownTransform(layout, (64, 48), tuple(model.config.heatmap_size), AugmentConfig())
-        sources.append(TopDownSource(layout, images.select_columns(["image"]), InstanceTable.from_dataset(instances, 17), transform, head))
+        sources.append(
+            TopDownSource(
+                layout, images.select_columns(["image"]), InstanceTable.from_dataset(instances, 17), transform, head
+            )
+        )
     dataset = TopDownDataset(sources)
     collate = TopDownCollator(17)
     assert not sources[1].transform.use_udp and type(sources[1].transform.codec).__name__ == "MSRAHeatmap"
@@ -405,14 +576,23 @@ def test_multi_dataset_trains_each_head_and_expert_on_its_own_data(two_layouts, 
     def grads(items):
         model.zero_grad(set_to_none=True)
         batch = collate([dataset[item] for item in items])
-        model(batch["pixel_values"], dataset_index=batch["dataset_index"], labels=batch["labels"],
-              target_weight=batch["target_weight"]).loss.backward()
+        model(
+            batch["pixel_values"],
+            dataset_index=batch["dataset_index"],
+            labels=batch["labels"],
+            target_weight=batch["target_weight"],
+        ).loss.backward()
         named = dict(model.named_parameters())
         return {k: named[k].grad for k in _heads_and_experts(dict(model.named_parameters()))}
 
     only_coco = grads([(0, i, i) for i in range(4)])
-    assert only_coco["heads.1.final_layer.weight"] is None and only_coco["backbone.blocks.0.mlp.experts.1.weight"] is None
-    assert only_coco["heads.0.final_layer.weight"].abs().sum() > 0 and only_coco["backbone.blocks.0.mlp.experts.0.weight"].abs().sum() > 0
+    assert (
+        only_coco["heads.1.final_layer.weight"] is None and only_coco["backbone.blocks.0.mlp.experts.1.weight"] is None
+    )
+    assert (
+        only_coco["heads.0.final_layer.weight"].abs().sum() > 0
+        and only_coco["backbone.blocks.0.mlp.experts.0.weight"].abs().sum() > 0
+    )
     mixed = grads([(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3)])
     assert all(g is not None and g.abs().sum() > 0 for g in mixed.values())
 
@@ -420,15 +600,30 @@ def test_multi_dataset_trains_each_head_and_expert_on_its_own_data(two_layouts, 
     common = ("--per_device_train_batch_size", "8", "--warmup_steps", "1", "--learning_rate", "1e-3")
     assert run_training(tiny_args(tmp_path / "init", coco, ap10k, steps=0, extra=common)) == 0
     init = _heads_and_experts(load_file(tmp_path / "init" / "model.safetensors"))
-    assert run_training(tiny_args(tmp_path / "mixed", coco, ap10k, steps=12, extra=common + ("--gradient_accumulation_steps", "2"))) == 0
+    assert (
+        run_training(
+            tiny_args(tmp_path / "mixed", coco, ap10k, steps=12, extra=common + ("--gradient_accumulation_steps", "2"))
+        )
+        == 0
+    )
     mixed = _heads_and_experts(load_file(tmp_path / "mixed" / "model.safetensors"))
     assert all(not torch.equal(init[k], mixed[k]) for k in init)
-    argv = tiny_args(tmp_path / "coco_only", coco, ap10k, steps=8, extra=common + ("--dataset_ratio", "1", "0", "--weight_decay", "0"))
+    argv = tiny_args(
+        tmp_path / "coco_only",
+        coco,
+        ap10k,
+        steps=8,
+        extra=common + ("--dataset_ratio", "1", "0", "--weight_decay", "0"),
+    )
     assert run_training(argv) == 0
     coco_only = _heads_and_experts(load_file(tmp_path / "coco_only" / "model.safetensors"))
     for key in ("heads.1.final_layer.weight", "backbone.blocks.0.mlp.experts.1.weight"):
         assert torch.equal(coco_only[key], init[key]), key
-    for key in ("heads.0.final_layer.weight", "backbone.blocks.0.mlp.experts.0.weight", "backbone.blocks.0.attn.qkv.weight"):
+    for key in (
+        "heads.0.final_layer.weight",
+        "backbone.blocks.0.mlp.experts.0.weight",
+        "backbone.blocks.0.attn.qkv.weight",
+    ):
         assert not torch.equal(coco_only[key], init[key]), key
     # per-dataset dense exports equal the multi-dataset model on that dataset
     full = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "mixed").eval()
@@ -476,8 +671,17 @@ def _two_layout_run(two_layouts, tmp_path):
     args = train_module.parse_args(argv)
     specs = train_module.load_data_specs(args)
     layouts = train_module.unique_layouts(specs)
-    config = ViTPoseConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48),
-                           patch_size=8, deconv_channels=16, datasets=layouts, num_experts=2, part_features=8)
+    config = ViTPoseConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=(64, 48),
+        patch_size=8,
+        deconv_channels=16,
+        datasets=layouts,
+        num_experts=2,
+        part_features=8,
+    )
     for spec in specs:
         spec.head = config.dataset_to_index(spec.layout["name"])
     collator = TopDownCollator(17)
@@ -556,8 +760,21 @@ def test_evaluation_decodes_through_the_processor(two_layouts, tmp_path):
 def test_streaming_run_and_its_resume(two_layouts, tmp_path):
     coco, ap10k = two_layouts
     out = tmp_path / "stream"
-    argv = tiny_args(out, coco, ap10k, steps=4, extra=("--streaming", "--per_device_train_batch_size", "4",
-                                                       "--dataloader_num_workers", "1", "--checkpointing_steps", "2"))
+    argv = tiny_args(
+        out,
+        coco,
+        ap10k,
+        steps=4,
+        extra=(
+            "--streaming",
+            "--per_device_train_batch_size",
+            "4",
+            "--dataloader_num_workers",
+            "1",
+            "--checkpointing_steps",
+            "2",
+        ),
+    )
     assert run_training(argv) == 0
     straight = load_file(out / "model.safetensors")
     for name in ("model.safetensors", "checkpoints/step_4"):
@@ -578,10 +795,23 @@ def test_accelerate_launch_two_cpu_processes_completes_and_saves_once(two_layout
     coco, ap10k = two_layouts
     out = tmp_path / "ddp"
     # on a machine without GPUs, --multi_gpu is accelerate's multi-process launcher; the script falls back to gloo
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           str(REPO / "scripts" / "train.py"),
-           *tiny_args(out, coco, ap10k, steps=4, extra=("--per_device_train_batch_size", "4", "--logging_steps", "1"))]
+    cmd = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "scripts" / "train.py"),
+        *tiny_args(out, coco, ap10k, steps=4, extra=("--per_device_train_batch_size", "4", "--logging_steps", "1")),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=REPO)
     output = proc.stdout + proc.stderr
@@ -595,15 +825,39 @@ def test_accelerate_launch_two_cpu_processes_completes_and_saves_once(two_layout
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(figure_data, tmp_path):
     """Tolerance: none. Same seed, threads and data order give bit-identical weights (drop path on: the RNG resumes)."""
-    argv = ["--per_device_train_batch_size", "8", "--checkpointing_steps", "10", "--warmup_steps", "5",
-            "--eval_steps", "25", "--dataloader_num_workers", "1", "--max_train_samples", "48", "--max_eval_samples", "8"]
+    argv = [
+        "--per_device_train_batch_size",
+        "8",
+        "--checkpointing_steps",
+        "10",
+        "--warmup_steps",
+        "5",
+        "--eval_steps",
+        "25",
+        "--dataloader_num_workers",
+        "1",
+        "--max_train_samples",
+        "48",
+        "--max_eval_samples",
+        "8",
+    ]
     assert run_training(tiny_args(tmp_path / "straight", figure_data, steps=60, extra=tuple(argv))) == 0
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_args(killed, figure_data, steps=60, extra=tuple(argv))],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "train.py"),
+                *tiny_args(killed, figure_data, steps=60, extra=tuple(argv)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while not (killed / "checkpoints" / "step_10").is_dir() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -611,7 +865,12 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(figure_data, tm
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     assert not (killed / "model.safetensors").exists()
-    assert run_training(tiny_args(killed, figure_data, steps=60, extra=tuple(argv) + ("--resume_from_checkpoint", "latest"))) == 0
+    assert (
+        run_training(
+            tiny_args(killed, figure_data, steps=60, extra=tuple(argv) + ("--resume_from_checkpoint", "latest"))
+        )
+        == 0
+    )
     steps = [json.loads(line)["step"] for line in (killed / "train_log.jsonl").read_text().splitlines()]
     assert steps[-1] == 60 and 10 in steps  # the killed run's lines, then the resumed run's
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")

@@ -12,9 +12,10 @@ from transformers import (
 )
 
 from .configuration_vitpose_hf import ViTPoseConfig
+from .image_processing_vitpose_hf import ViTPoseImageProcessor
 from .inference.detection import ObjectDetector
 from .inference.drawing import draw
-from .image_processing_vitpose_hf import ViTPoseImageProcessor
+from .inference.pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
 from .keypoint_metadata import KEYPOINT_DATASETS, VITPOSE_PLUS_DATASETS, get_dataset_info, list_datasets
 from .modeling_vitpose_hf import (
     ViTPoseEstimatorOutput,
@@ -23,8 +24,6 @@ from .modeling_vitpose_hf import (
     ViTPoseModelOutput,
     ViTPosePreTrainedModel,
 )
-
-from .inference.pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
 
 __version__ = "0.1.0"
 

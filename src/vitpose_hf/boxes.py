@@ -234,7 +234,9 @@ def split_per_image(boxes: Any, num_images: int, single: bool) -> list[Any]:
     elif isinstance(boxes, (list, tuple)):
         per_image = [stack_if_tensors(b) for b in boxes]
     else:
-        raise TypeError(f"boxes must be a list of per-image box lists, a tensor or an array, got {type(boxes).__name__}")
+        raise TypeError(
+            f"boxes must be a list of per-image box lists, a tensor or an array, got {type(boxes).__name__}"
+        )
     if len(per_image) != num_images:
         raise ValueError(f"got boxes for {len(per_image)} images but {num_images} images")
     return per_image

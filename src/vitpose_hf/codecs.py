@@ -327,9 +327,7 @@ class _GaussianHeatmapCodec:
             "blur_kernel_size": self.blur_kernel_size,
         }
 
-    def encode(
-        self, keypoints: torch.Tensor, keypoints_visible: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def encode(self, keypoints: torch.Tensor, keypoints_visible: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Render Gaussian target heatmaps.
 
         Args:

@@ -255,7 +255,9 @@ class ViTPoseConfig(PretrainedConfig):
         }
         if plus:
             # released ViTPose++-S uses p = 96 = C/4 although its config says 192
-            kwargs.update(num_experts=len(VITPOSE_PLUS_DATASETS), part_features=hidden // 4, datasets=list(VITPOSE_PLUS_DATASETS))
+            kwargs.update(
+                num_experts=len(VITPOSE_PLUS_DATASETS), part_features=hidden // 4, datasets=list(VITPOSE_PLUS_DATASETS)
+            )
         kwargs.update(overrides)
         return cls(**kwargs)
 

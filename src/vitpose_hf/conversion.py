@@ -106,7 +106,9 @@ def infer_official_config(state_dict: dict[str, torch.Tensor], **overrides: Any)
     size = preset_size_key(hidden, depth)
     if size is not None:
         kwargs["drop_path_rate"] = PRESET_SIZES[size].drop_path_rate
-    experts = sorted({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.0\.mlp\.experts\.(\d+)\.weight", k))})
+    experts = sorted(
+        {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.0\.mlp\.experts\.(\d+)\.weight", k))}
+    )
     fc2_rows = sd["backbone.blocks.0.mlp.fc2.weight"].shape[0]
     if experts and fc2_rows < hidden:
         kwargs.update(num_experts=len(experts), part_features=sd["backbone.blocks.0.mlp.experts.0.weight"].shape[0])
@@ -119,7 +121,10 @@ def infer_official_config(state_dict: dict[str, torch.Tensor], **overrides: Any)
         if counts not in HEAD_LAYOUTS:
             raise ValueError(f"heads with {list(counts)} keypoints match no official layout: pass datasets=[...]")
         kwargs["datasets"] = HEAD_LAYOUTS[counts]
-    if kwargs.get("num_experts", 1) > 1 and len(kwargs.get("datasets", overrides.get("datasets", []))) not in (1, kwargs["num_experts"]):
+    if kwargs.get("num_experts", 1) > 1 and len(kwargs.get("datasets", overrides.get("datasets", []))) not in (
+        1,
+        kwargs["num_experts"],
+    ):
         raise ValueError(f"{kwargs['num_experts']} experts but {len(counts)} heads")
     kwargs.update(overrides)
     return kwargs
@@ -160,7 +165,9 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"unexpected keys in the official checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+        raise ValueError(
+            f"unexpected keys in the official checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
     if split_file:
         logger.info("dense split checkpoint: dropped leftover experts and associate heads")
     return out
@@ -170,7 +177,13 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
 # transformers' `vitpose` checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
-_HF_HEAD = {"deconv1": "deconv_layers.0", "batchnorm1": "deconv_layers.1", "deconv2": "deconv_layers.3", "batchnorm2": "deconv_layers.4", "conv": "final_layer"}
+_HF_HEAD = {
+    "deconv1": "deconv_layers.0",
+    "batchnorm1": "deconv_layers.1",
+    "deconv2": "deconv_layers.3",
+    "batchnorm2": "deconv_layers.4",
+    "conv": "final_layer",
+}
 _HF_BLOCK = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj"}
 _OURS_TO_HF_HEAD = {ours: hf for hf, ours in _HF_HEAD.items()}
 _OURS_TO_HF_BLOCK = {ours: hf for hf, ours in _HF_BLOCK.items()}
@@ -265,7 +278,8 @@ def layout_from_id2label(config_dict: dict[str, Any], num_keypoints: int, source
             "%s: no left/right keypoint pairs could be found in its %d keypoint names, so the flip test will not "
             "swap any keypoints; if the layout has mirrored keypoints, name them left_*/right_* in id2label or "
             "set flip_pairs in the converted config.json",
-            where, num_keypoints,
+            where,
+            num_keypoints,
         )
     return get_dataset_info(layout)
 
@@ -307,8 +321,13 @@ def transformers_config_to_ours(
     return kwargs
 
 
-def ours_to_transformers(config: ViTPoseConfig, state_dict: dict[str, torch.Tensor], dataset: int | str = 0) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Export to transformers' `vitpose` format: one head (`dataset`), experts kept. Raises where it cannot represent us."""
+def ours_to_transformers(
+    config: ViTPoseConfig, state_dict: dict[str, torch.Tensor], dataset: int | str = 0
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Export to transformers' `vitpose` format: one head (`dataset`), experts kept.
+
+    Raises where that format cannot represent the model.
+    """
     if config.patch_padding != 2:
         raise ValueError("transformers' VitPose hard-codes patch padding 2")
     if config.decoder == "classic" and config.deconv_channels != 256:
@@ -443,7 +462,11 @@ def save_converted(config: ViTPoseConfig, state_dict: dict[str, torch.Tensor], d
 
     os.makedirs(directory, exist_ok=True)
     config.save_pretrained(directory)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, os.path.join(str(directory), "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state_dict.items()},
+        os.path.join(str(directory), "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 __all__ = [
@@ -504,13 +527,20 @@ _VIT_LAYER_FORMATS: dict[str, dict[str, list[str]]] = {
     # transformers checkpoints on disk / the Hub (ViTModel, ViTMAEModel): encoder.layer.{i}.*
     "hf": {
         "attn.qkv": ["attention.attention.query", "attention.attention.key", "attention.attention.value"],
-        "attn.proj": ["attention.output.dense"], "mlp.fc1": ["intermediate.dense"], "mlp.fc2": ["output.dense"],
-        "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
+        "attn.proj": ["attention.output.dense"],
+        "mlp.fc1": ["intermediate.dense"],
+        "mlp.fc2": ["output.dense"],
+        "norm1": ["layernorm_before"],
+        "norm2": ["layernorm_after"],
     },
     # transformers >= 5 modules in memory: layers.{i}.*
     "hf5": {
-        "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"], "attn.proj": ["attention.o_proj"],
-        "mlp.fc1": ["mlp.fc1"], "mlp.fc2": ["mlp.fc2"], "norm1": ["layernorm_before"], "norm2": ["layernorm_after"],
+        "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"],
+        "attn.proj": ["attention.o_proj"],
+        "mlp.fc1": ["mlp.fc1"],
+        "mlp.fc2": ["mlp.fc2"],
+        "norm1": ["layernorm_before"],
+        "norm2": ["layernorm_after"],
     },
     # timm / official MAE .pth: blocks.{i}.*
     "timm": {name: [name] for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")},
@@ -562,8 +592,9 @@ def convert_vit_state_dict(
         raise ValueError(f"checkpoint width {patch_w.shape[0]} does not match the model's hidden_size {C}")
     formats = [f for f, prefix in _VIT_LAYER_PREFIX.items() if any(k.startswith(prefix.format(i=0)) for k in src)]
     if not formats:
-        raise ValueError("the checkpoint has no transformer layers in a known format (encoder.layer.i, layers.i, "
-                         "blocks.i)")
+        raise ValueError(
+            "the checkpoint has no transformer layers in a known format (encoder.layer.i, layers.i, blocks.i)"
+        )
     fmt = formats[0]
     out["backbone.patch_embed.proj.weight"] = _resize_patch_kernel(patch_w, config.patch_size)
     if patch_b is not None:
@@ -575,13 +606,15 @@ def convert_vit_state_dict(
             for kind in ("weight", "bias"):
                 parts = [take(f"{pre}{name}.{kind}") for name in theirs]
                 if any(part is None for part in parts):
-                    raise ValueError(f"the checkpoint has no {pre}{theirs[0]}.{kind} (the model has "
-                                     f"{config.num_hidden_layers} layers)")
+                    raise ValueError(
+                        f"the checkpoint has no {pre}{theirs[0]}.{kind} (the model has "
+                        f"{config.num_hidden_layers} layers)"
+                    )
                 value = torch.cat(parts) if len(parts) > 1 else parts[0]
                 if ours == "mlp.fc2" and p:
                     out[f"{dst}mlp.fc2.{kind}"] = value[: C - p]
                     for e in range(config.num_experts):
-                        out[f"{dst}mlp.experts.{e}.{kind}"] = value[C - p:].clone()
+                        out[f"{dst}mlp.experts.{e}.{kind}"] = value[C - p :].clone()
                 else:
                     out[f"{dst}{ours}.{kind}"] = value
     unused = sorted(k for k in src if k not in used)
@@ -609,12 +642,15 @@ def load_vit_backbone(model: ViTPoseForPoseEstimation, source: str, cache_dir: s
     own = model.state_dict()
     for key, value in mapped.items():
         if own[key].shape != value.shape:
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's "
-                             f"{tuple(own[key].shape)}")
+            raise ValueError(
+                f"{key}: checkpoint shape {tuple(value.shape)} does not fit the model's {tuple(own[key].shape)}"
+            )
     model.load_state_dict(mapped, strict=False)
     decoder_like = [k for k in unused if not k.startswith("decoder")]
-    logger.info(f"initialised the backbone from {source}: {len(mapped)} tensors; unused: {decoder_like[:8]}"
-                f"{' ...' if len(decoder_like) > 8 else ''}")
+    logger.info(
+        f"initialised the backbone from {source}: {len(mapped)} tensors; unused: {decoder_like[:8]}"
+        f"{' ...' if len(decoder_like) > 8 else ''}"
+    )
     return unused
 
 
@@ -626,8 +662,9 @@ def _dense_fc2(state: Mapping[str, torch.Tensor], prefix: str, expert: int | Non
     return torch.cat([fc2, state[f"{prefix}mlp.experts.{expert}.{kind}"]])
 
 
-def adapt_model(source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_experts: int,
-                part_features: int | None = None) -> ViTPoseForPoseEstimation:
+def adapt_model(
+    source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_experts: int, part_features: int | None = None
+) -> ViTPoseForPoseEstimation:
     """A model for other keypoint layouts (heads) and experts, initialised from ``source``.
 
     The encoder is copied; a head is copied when ``source`` has a head of the same name and keypoint count, else it
@@ -680,7 +717,7 @@ def adapt_model(source: ViTPoseForPoseEstimation, layouts: Sequence[dict], num_e
                 new_state[key] = dense[: C - p] if p else dense
             else:
                 e = int(key.split(".mlp.experts.")[1].split(".")[0])
-                new_state[key] = _dense_fc2(src, prefix, src_expert_of[e], kind)[C - p:].clone()
+                new_state[key] = _dense_fc2(src, prefix, src_expert_of[e], kind)[C - p :].clone()
             continue
         if key in src and src[key].shape == value.shape:
             new_state[key] = src[key]

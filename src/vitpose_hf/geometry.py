@@ -19,8 +19,8 @@ crops or an ``(N,)`` bool tensor, one flag per crop (a ViTPose++ batch mixes UDP
 from __future__ import annotations
 
 import math
-import numpy as np
 
+import numpy as np
 import torch
 
 from .boxes import (  # the box formats live in boxes.py; re-exported here for geometry users
@@ -82,9 +82,7 @@ def box_to_center_scale(
     return _center_scale(to_xywh(validate_boxes(boxes, box_format), box_format), input_size, padding)
 
 
-def _center_scale(
-    xywh: torch.Tensor, input_size: tuple[int, int], padding: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _center_scale(xywh: torch.Tensor, input_size: tuple[int, int], padding: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`box_to_center_scale` of already validated ``(N, 4)`` xywh boxes."""
     aspect = input_size[1] / input_size[0]
     center = xywh[:, :2] + 0.5 * xywh[:, 2:]

@@ -417,9 +417,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         rgb = [im.to(device) for im in rgb]
 
         if boxes is None:
-            per_image = [
-                torch.tensor([[0.0, 0.0, im.shape[2], im.shape[1]]], dtype=torch.float32) for im in rgb
-            ]
+            per_image = [torch.tensor([[0.0, 0.0, im.shape[2], im.shape[1]]], dtype=torch.float32) for im in rgb]
         else:
             per_image = _boxes_per_image(boxes, len(rgb), single, box_format)
         counts = torch.tensor([len(b) for b in per_image], dtype=torch.long)
@@ -434,7 +432,9 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if scale_factor is not None:
             factor = torch.as_tensor(scale_factor, dtype=torch.float32, device=device).reshape(-1)
             if factor.numel() not in (1, n) or not bool(torch.isfinite(factor).all()) or bool((factor <= 0).any()):
-                raise ValueError(f"scale_factor must be a positive number or {n} positive numbers, got {scale_factor!r}")
+                raise ValueError(
+                    f"scale_factor must be a positive number or {n} positive numbers, got {scale_factor!r}"
+                )
             scale = scale * factor.unsqueeze(-1)
         angles = None
         if rotation is not None:
@@ -610,9 +610,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             return bool(use_udp.all())
         return use_udp.to(like.device)
 
-    def _crop_geometry(
-        self, meta: Any
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _crop_geometry(self, meta: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(center, scale, rotation, use_udp) of crop metadata; use_udp ``(N,)`` bool on the CPU, None if absent."""
         values = []
         for key in ("center", "scale"):
@@ -622,7 +620,8 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             value = torch.as_tensor(value)
             if value.dtype in _LOW_PRECISION:
                 raise ValueError(
-                    f"crop_metadata[{key!r}] is {value.dtype}: too coarse for image coordinates (BatchFeature.to(dtype) "
+                    f"crop_metadata[{key!r}] is {value.dtype}: too coarse for image coordinates "
+                    "(BatchFeature.to(dtype) "
                     "casts every float tensor). Cast only the pixels: inputs['pixel_values'] = "
                     "inputs['pixel_values'].to(dtype)"
                 )
@@ -815,7 +814,9 @@ class ViTPoseImageProcessor(BaseImageProcessor):
                 f"{entries[0].num_keypoints} keypoints"
             )
         if expected and max(expected) > channels:
-            raise ValueError(f"the heatmaps have {channels} channels but a crop's dataset has {max(expected)} keypoints")
+            raise ValueError(
+                f"the heatmaps have {channels} channels but a crop's dataset has {max(expected)} keypoints"
+            )
         if num_keypoints is not None:
             real = torch.as_tensor(num_keypoints).reshape(-1).tolist()
             if real != expected:

@@ -175,7 +175,9 @@ def _tensor_images(tensor: torch.Tensor, where: str) -> list[torch.Tensor]:
     elif tensor.ndim == 4:
         batch = list(tensor.unbind(0))
     else:
-        raise ValueError(f"{where}: a torch image is (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{where}: a torch image is (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}"
+        )
     out = []
     for i, image in enumerate(batch):
         name = where if len(batch) == 1 and tensor.ndim == 3 else f"{where}[{i}]"

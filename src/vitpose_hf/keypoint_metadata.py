@@ -59,26 +59,65 @@ def _pairs(*pairs: tuple[int, int]) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------
 _COCO_NAMES = [
     "nose",
-    "left_eye", "right_eye",
-    "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist",
-    "left_hip", "right_hip",
-    "left_knee", "right_knee",
-    "left_ankle", "right_ankle",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 ]
 _COCO_FLIP = _pairs((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
 # Same 19 links as the COCO annotation "skeleton" (which is 1-based), here 0-based.
 _COCO_SKELETON = _pairs(
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12),
-    (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
-    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+    (15, 13),
+    (13, 11),
+    (16, 14),
+    (14, 12),
+    (11, 12),
+    (5, 11),
+    (6, 12),
+    (5, 6),
+    (5, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (1, 2),
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
 )
 # OKS sigmas of the COCO keypoint evaluation.
 _COCO_SIGMAS = [
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+    0.026,
+    0.025,
+    0.025,
+    0.035,
+    0.035,
+    0.079,
+    0.079,
+    0.072,
+    0.072,
+    0.062,
+    0.062,
+    0.107,
+    0.107,
+    0.087,
+    0.087,
+    0.089,
+    0.089,
 ]
 _COCO_UPPER = list(range(11))
 _COCO_LOWER = list(range(11, 17))
@@ -87,22 +126,54 @@ _COCO_LOWER = list(range(11, 17))
 # AI Challenger (14)
 # --------------------------------------------------------------------------------------------
 _AIC_NAMES = [
-    "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle",
-    "left_hip", "left_knee", "left_ankle",
-    "head_top", "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "head_top",
+    "neck",
 ]
 _AIC_FLIP = _pairs((0, 3), (1, 4), (2, 5), (6, 9), (7, 10), (8, 11))
 _AIC_SKELETON = _pairs(
-    (2, 1), (1, 0), (0, 13), (13, 3), (3, 4), (4, 5),
-    (8, 7), (7, 6), (6, 9), (9, 10), (10, 11),
-    (12, 13), (0, 6), (3, 9),
+    (2, 1),
+    (1, 0),
+    (0, 13),
+    (13, 3),
+    (3, 4),
+    (4, 5),
+    (8, 7),
+    (7, 6),
+    (6, 9),
+    (9, 10),
+    (10, 11),
+    (12, 13),
+    (0, 6),
+    (3, 9),
 )
 # AIC's official evaluation uses delta = 2 * sigma; these are the sigma values.
 _AIC_SIGMAS = [
-    0.01388152, 0.01515228, 0.01057665, 0.01417709, 0.01497891, 0.01402144, 0.03909642,
-    0.03686941, 0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173,
+    0.01388152,
+    0.01515228,
+    0.01057665,
+    0.01417709,
+    0.01497891,
+    0.01402144,
+    0.03909642,
+    0.03686941,
+    0.01981803,
+    0.03843971,
+    0.03412318,
+    0.02415081,
+    0.01291456,
+    0.01236173,
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -110,40 +181,103 @@ _AIC_SIGMAS = [
 # evaluation uses; none are kept here, so OKS AP is not silently computed for MPII.
 # --------------------------------------------------------------------------------------------
 _MPII_NAMES = [
-    "right_ankle", "right_knee", "right_hip",
-    "left_hip", "left_knee", "left_ankle",
-    "pelvis", "thorax", "upper_neck", "head_top",
-    "right_wrist", "right_elbow", "right_shoulder",
-    "left_shoulder", "left_elbow", "left_wrist",
+    "right_ankle",
+    "right_knee",
+    "right_hip",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "pelvis",
+    "thorax",
+    "upper_neck",
+    "head_top",
+    "right_wrist",
+    "right_elbow",
+    "right_shoulder",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
 ]
 _MPII_FLIP = _pairs((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
 _MPII_SKELETON = _pairs(
-    (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5),
-    (6, 7), (7, 8), (8, 9),
-    (8, 12), (12, 11), (11, 10),
-    (8, 13), (13, 14), (14, 15),
+    (0, 1),
+    (1, 2),
+    (2, 6),
+    (6, 3),
+    (3, 4),
+    (4, 5),
+    (6, 7),
+    (7, 8),
+    (8, 9),
+    (8, 12),
+    (12, 11),
+    (11, 10),
+    (8, 13),
+    (13, 14),
+    (14, 15),
 )
 
 # --------------------------------------------------------------------------------------------
 # AP-10K (17); APT-36K uses the same keypoint definition.  Names as in the AP-10K annotations.
 # --------------------------------------------------------------------------------------------
 _AP10K_NAMES = [
-    "left_eye", "right_eye", "nose", "neck", "root_of_tail",
-    "left_shoulder", "left_elbow", "left_front_paw",
-    "right_shoulder", "right_elbow", "right_front_paw",
-    "left_hip", "left_knee", "left_back_paw",
-    "right_hip", "right_knee", "right_back_paw",
+    "left_eye",
+    "right_eye",
+    "nose",
+    "neck",
+    "root_of_tail",
+    "left_shoulder",
+    "left_elbow",
+    "left_front_paw",
+    "right_shoulder",
+    "right_elbow",
+    "right_front_paw",
+    "left_hip",
+    "left_knee",
+    "left_back_paw",
+    "right_hip",
+    "right_knee",
+    "right_back_paw",
 ]
 _AP10K_FLIP = _pairs((0, 1), (5, 8), (6, 9), (7, 10), (11, 14), (12, 15), (13, 16))
 _AP10K_SKELETON = _pairs(
-    (0, 1), (0, 2), (1, 2), (2, 3), (3, 4),
-    (3, 5), (5, 6), (6, 7), (3, 8), (8, 9), (9, 10),
-    (4, 11), (11, 12), (12, 13), (4, 14), (14, 15), (15, 16),
+    (0, 1),
+    (0, 2),
+    (1, 2),
+    (2, 3),
+    (3, 4),
+    (3, 5),
+    (5, 6),
+    (6, 7),
+    (3, 8),
+    (8, 9),
+    (9, 10),
+    (4, 11),
+    (11, 12),
+    (12, 13),
+    (4, 14),
+    (14, 15),
+    (15, 16),
 )
 # As in the official ViTPose configs/_base_/datasets/ap10k.py, in AP-10K keypoint order (not COCO's).
 _AP10K_SIGMAS = [
-    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079,
-    0.072, 0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
+    0.025,
+    0.025,
+    0.026,
+    0.035,
+    0.035,
+    0.079,
+    0.072,
+    0.062,
+    0.079,
+    0.072,
+    0.062,
+    0.107,
+    0.087,
+    0.089,
+    0.107,
+    0.087,
+    0.089,
 ]
 # The reference definition tags right_front_paw (10) as lower body; kept for parity.
 _AP10K_UPPER = [0, 1, 2, 3, 5, 6, 7, 8, 9]
@@ -153,23 +287,54 @@ _AP10K_LOWER = [4, 10, 11, 12, 13, 14, 15, 16]
 # CrowdPose (14)
 # --------------------------------------------------------------------------------------------
 _CROWDPOSE_NAMES = [
-    "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist",
-    "left_hip", "right_hip",
-    "left_knee", "right_knee",
-    "left_ankle", "right_ankle",
-    "top_head", "neck",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+    "top_head",
+    "neck",
 ]
 _CROWDPOSE_FLIP = _pairs((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11))
 _CROWDPOSE_SKELETON = _pairs(
-    (10, 8), (8, 6), (11, 9), (9, 7), (6, 7),
-    (0, 6), (1, 7), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5),
-    (12, 13), (1, 13), (0, 13),
+    (10, 8),
+    (8, 6),
+    (11, 9),
+    (9, 7),
+    (6, 7),
+    (0, 6),
+    (1, 7),
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (12, 13),
+    (1, 13),
+    (0, 13),
 )
 _CROWDPOSE_SIGMAS = [
-    0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107,
-    0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079,
+    0.079,
+    0.079,
+    0.072,
+    0.072,
+    0.062,
+    0.062,
+    0.107,
+    0.107,
+    0.087,
+    0.087,
+    0.089,
+    0.089,
+    0.079,
+    0.079,
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -184,18 +349,42 @@ _WB_PARTS = {
 }
 _FOOT_NAMES = ["left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel"]
 _HAND_NAMES = ["hand_root"] + [
-    f"{finger}{j}" for finger in ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
+    f"{finger}{j}"
+    for finger in ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
     for j in range(1, 5)
 ]
 # Mirror partners of the 68-point face landmarks (0-based within the face part); the
 # landmarks not listed lie on the face's vertical midline.
 _FACE_MIRROR = [
-    (0, 16), (1, 15), (2, 14), (3, 13), (4, 12), (5, 11), (6, 10), (7, 9),  # jaw line
-    (17, 26), (18, 25), (19, 24), (20, 23), (21, 22),  # eyebrows
-    (31, 35), (32, 34),  # nostrils
-    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),  # eyes
-    (48, 54), (49, 53), (50, 52), (55, 59), (56, 58),  # outer lips
-    (60, 64), (61, 63), (65, 67),  # inner lips
+    (0, 16),
+    (1, 15),
+    (2, 14),
+    (3, 13),
+    (4, 12),
+    (5, 11),
+    (6, 10),
+    (7, 9),  # jaw line
+    (17, 26),
+    (18, 25),
+    (19, 24),
+    (20, 23),
+    (21, 22),  # eyebrows
+    (31, 35),
+    (32, 34),  # nostrils
+    (36, 45),
+    (37, 44),
+    (38, 43),
+    (39, 42),
+    (40, 47),
+    (41, 46),  # eyes
+    (48, 54),
+    (49, 53),
+    (50, 52),
+    (55, 59),
+    (56, 58),  # outer lips
+    (60, 64),
+    (61, 63),
+    (65, 67),  # inner lips
 ]
 
 
@@ -227,17 +416,104 @@ def _build_wholebody() -> dict[str, Any]:
             skeleton += [[a, b] for a, b in itertools.pairwise(chain)]
     sigmas = list(_COCO_SIGMAS) + [
         # foot
-        0.068, 0.066, 0.066, 0.092, 0.094, 0.094,
+        0.068,
+        0.066,
+        0.066,
+        0.092,
+        0.094,
+        0.094,
         # face (68)
-        0.042, 0.043, 0.044, 0.043, 0.040, 0.035, 0.031, 0.025, 0.020, 0.023, 0.029, 0.032, 0.037, 0.038,
-        0.043, 0.041, 0.045, 0.013, 0.012, 0.011, 0.011, 0.012, 0.012, 0.011, 0.011, 0.013, 0.015, 0.009,
-        0.007, 0.007, 0.007, 0.012, 0.009, 0.008, 0.016, 0.010, 0.017, 0.011, 0.009, 0.011, 0.009, 0.007,
-        0.013, 0.008, 0.011, 0.012, 0.010, 0.034, 0.008, 0.008, 0.009, 0.008, 0.008, 0.007, 0.010, 0.008,
-        0.009, 0.009, 0.009, 0.007, 0.007, 0.008, 0.011, 0.008, 0.008, 0.008, 0.010, 0.008,
+        0.042,
+        0.043,
+        0.044,
+        0.043,
+        0.040,
+        0.035,
+        0.031,
+        0.025,
+        0.020,
+        0.023,
+        0.029,
+        0.032,
+        0.037,
+        0.038,
+        0.043,
+        0.041,
+        0.045,
+        0.013,
+        0.012,
+        0.011,
+        0.011,
+        0.012,
+        0.012,
+        0.011,
+        0.011,
+        0.013,
+        0.015,
+        0.009,
+        0.007,
+        0.007,
+        0.007,
+        0.012,
+        0.009,
+        0.008,
+        0.016,
+        0.010,
+        0.017,
+        0.011,
+        0.009,
+        0.011,
+        0.009,
+        0.007,
+        0.013,
+        0.008,
+        0.011,
+        0.012,
+        0.010,
+        0.034,
+        0.008,
+        0.008,
+        0.009,
+        0.008,
+        0.008,
+        0.007,
+        0.010,
+        0.008,
+        0.009,
+        0.009,
+        0.009,
+        0.007,
+        0.007,
+        0.008,
+        0.011,
+        0.008,
+        0.008,
+        0.008,
+        0.010,
+        0.008,
     ]
     hand_sigmas = [
-        0.029, 0.022, 0.035, 0.037, 0.047, 0.026, 0.025, 0.024, 0.035, 0.018, 0.024,
-        0.022, 0.026, 0.017, 0.021, 0.021, 0.032, 0.020, 0.019, 0.022, 0.031,
+        0.029,
+        0.022,
+        0.035,
+        0.037,
+        0.047,
+        0.026,
+        0.025,
+        0.024,
+        0.035,
+        0.018,
+        0.024,
+        0.022,
+        0.026,
+        0.017,
+        0.021,
+        0.021,
+        0.032,
+        0.020,
+        0.019,
+        0.022,
+        0.031,
     ]
     sigmas += hand_sigmas + hand_sigmas  # the two hands share one sigma set
     return {
@@ -255,9 +531,17 @@ def _build_wholebody() -> dict[str, Any]:
     }
 
 
-def _info(name: str, names: list[str], flip: list[list[int]], skeleton: list[list[int]],
-          sigmas: list[float] | None, upper: list[int], lower: list[int], labels: list[str],
-          use_udp: bool) -> dict[str, Any]:
+def _info(
+    name: str,
+    names: list[str],
+    flip: list[list[int]],
+    skeleton: list[list[int]],
+    sigmas: list[float] | None,
+    upper: list[int],
+    lower: list[int],
+    labels: list[str],
+    use_udp: bool,
+) -> dict[str, Any]:
     return {
         "name": name,
         "keypoint_names": list(names),
@@ -275,8 +559,17 @@ def _info(name: str, names: list[str], flip: list[list[int]], skeleton: list[lis
 # Validation
 # --------------------------------------------------------------------------------------------
 _KEY_ORDER = (
-    "name", "num_keypoints", "keypoint_names", "flip_pairs", "skeleton", "sigmas",
-    "upper_body_ids", "lower_body_ids", "detector_labels", "use_udp", "parts",
+    "name",
+    "num_keypoints",
+    "keypoint_names",
+    "flip_pairs",
+    "skeleton",
+    "sigmas",
+    "upper_body_ids",
+    "lower_body_ids",
+    "detector_labels",
+    "use_udp",
+    "parts",
 )
 _DEFAULTS: dict[str, Any] = {
     "flip_pairs": [],
@@ -408,8 +701,7 @@ def validate_dataset_info(info: dict) -> dict:
     out["lower_body_ids"] = lower
 
     labels = merged["detector_labels"]
-    if (not isinstance(labels, (list, tuple)) or not labels
-            or not all(isinstance(s, str) and s for s in labels)):
+    if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(s, str) and s for s in labels):
         raise ValueError(f"{name}: 'detector_labels' must be a non-empty list of strings, got {labels!r}")
     out["detector_labels"] = list(labels)
 
@@ -426,11 +718,13 @@ def validate_dataset_info(info: dict) -> dict:
         for part, rng in parts.items():
             if not isinstance(part, str) or not part:
                 raise ValueError(f"{name}: part name {part!r} must be a non-empty string")
-            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
-                    or not all(_is_int(v) for v in rng) or not 0 <= rng[0] < rng[1] <= k):
-                raise ValueError(
-                    f"{name}: parts[{part!r}] = {rng!r} must be [start, end] with 0 <= start < end <= {k}"
-                )
+            if (
+                not isinstance(rng, (list, tuple))
+                or len(rng) != 2
+                or not all(_is_int(v) for v in rng)
+                or not 0 <= rng[0] < rng[1] <= k
+            ):
+                raise ValueError(f"{name}: parts[{part!r}] = {rng!r} must be [start, end] with 0 <= start < end <= {k}")
             clean_parts[part] = [int(rng[0]), int(rng[1])]
         ordered = sorted(clean_parts.items(), key=lambda kv: kv[1][0])
         for (p1, r1), (p2, r2) in itertools.pairwise(ordered):
@@ -458,21 +752,56 @@ def validate_dataset_info(info: dict) -> dict:
 KEYPOINT_DATASETS: dict[str, dict] = {
     info["name"]: validate_dataset_info(info)
     for info in (
-        _info("coco", _COCO_NAMES, _COCO_FLIP, _COCO_SKELETON, _COCO_SIGMAS,
-              _COCO_UPPER, _COCO_LOWER, _PERSON, True),
-        _info("aic", _AIC_NAMES, _AIC_FLIP, _AIC_SKELETON, _AIC_SIGMAS,
-              [0, 1, 2, 3, 4, 5, 12, 13], list(range(6, 12)), _PERSON, False),
-        _info("mpii", _MPII_NAMES, _MPII_FLIP, _MPII_SKELETON, None,
-              list(range(7, 16)), list(range(7)), _PERSON, True),
-        _info("ap10k", _AP10K_NAMES, _AP10K_FLIP, _AP10K_SKELETON, _AP10K_SIGMAS,
-              _AP10K_UPPER, _AP10K_LOWER, _COCO_ANIMALS, False),
-        _info("apt36k", _AP10K_NAMES, _AP10K_FLIP, _AP10K_SKELETON, _AP10K_SIGMAS,
-              _AP10K_UPPER, _AP10K_LOWER, _COCO_ANIMALS, False),
+        _info("coco", _COCO_NAMES, _COCO_FLIP, _COCO_SKELETON, _COCO_SIGMAS, _COCO_UPPER, _COCO_LOWER, _PERSON, True),
+        _info(
+            "aic",
+            _AIC_NAMES,
+            _AIC_FLIP,
+            _AIC_SKELETON,
+            _AIC_SIGMAS,
+            [0, 1, 2, 3, 4, 5, 12, 13],
+            list(range(6, 12)),
+            _PERSON,
+            False,
+        ),
+        _info("mpii", _MPII_NAMES, _MPII_FLIP, _MPII_SKELETON, None, list(range(7, 16)), list(range(7)), _PERSON, True),
+        _info(
+            "ap10k",
+            _AP10K_NAMES,
+            _AP10K_FLIP,
+            _AP10K_SKELETON,
+            _AP10K_SIGMAS,
+            _AP10K_UPPER,
+            _AP10K_LOWER,
+            _COCO_ANIMALS,
+            False,
+        ),
+        _info(
+            "apt36k",
+            _AP10K_NAMES,
+            _AP10K_FLIP,
+            _AP10K_SKELETON,
+            _AP10K_SIGMAS,
+            _AP10K_UPPER,
+            _AP10K_LOWER,
+            _COCO_ANIMALS,
+            False,
+        ),
         _build_wholebody(),
-        _info("crowdpose", _CROWDPOSE_NAMES, _CROWDPOSE_FLIP, _CROWDPOSE_SKELETON, _CROWDPOSE_SIGMAS,
-              [0, 1, 2, 3, 4, 5, 12, 13], list(range(6, 12)), _PERSON, False),
-        _info("ochuman", _COCO_NAMES, _COCO_FLIP, _COCO_SKELETON, _COCO_SIGMAS,
-              _COCO_UPPER, _COCO_LOWER, _PERSON, False),
+        _info(
+            "crowdpose",
+            _CROWDPOSE_NAMES,
+            _CROWDPOSE_FLIP,
+            _CROWDPOSE_SKELETON,
+            _CROWDPOSE_SIGMAS,
+            [0, 1, 2, 3, 4, 5, 12, 13],
+            list(range(6, 12)),
+            _PERSON,
+            False,
+        ),
+        _info(
+            "ochuman", _COCO_NAMES, _COCO_FLIP, _COCO_SKELETON, _COCO_SIGMAS, _COCO_UPPER, _COCO_LOWER, _PERSON, False
+        ),
     )
 }
 

@@ -156,8 +156,10 @@ def route_batch(
             raise ValueError(f"dataset_index must hold integers, got a tensor of dtype {dataset_index.dtype}")
         values = dataset_index.reshape(-1).tolist()
         tensor = dataset_index.reshape(-1)
-    elif not isinstance(dataset_index, (Sequence, np.ndarray)) or isinstance(dataset_index, str) or (
-        isinstance(dataset_index, np.ndarray) and dataset_index.ndim == 0
+    elif (
+        not isinstance(dataset_index, (Sequence, np.ndarray))
+        or isinstance(dataset_index, str)
+        or (isinstance(dataset_index, np.ndarray) and dataset_index.ndim == 0)
     ):
         values, tensor = [_host_index(dataset_index, names, resolve_name)], None
     else:
@@ -171,7 +173,9 @@ def route_batch(
     if len(values) == 1 or (values and all(v == values[0] for v in values)):
         if len(values) not in (1, batch_size):
             raise ValueError(f"dataset_index has {len(values)} entries for a batch of {batch_size}")
-        return DatasetRouting(torch.full((batch_size,), values[0], dtype=torch.long, device=device), [(values[0], None)])
+        return DatasetRouting(
+            torch.full((batch_size,), values[0], dtype=torch.long, device=device), [(values[0], None)]
+        )
     if len(values) != batch_size:
         raise ValueError(f"dataset_index has {len(values)} entries for a batch of {batch_size}")
     if not values:  # an empty batch given as an empty tensor or list: dataset 0's layout
@@ -263,7 +267,13 @@ class ViTPoseAttention(nn.Module):
         else:
             interface = ALL_ATTENTION_FUNCTIONS[implementation]
         out, weights = interface(
-            self, q, k, v, None, dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+            self,
+            q,
+            k,
+            v,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
             is_causal=False,
         )
         out = self.proj_drop(self.proj(out.reshape(B, N, C)))
@@ -418,7 +428,10 @@ class ViTPosePreTrainedModel(PreTrainedModel):
         return self.config.num_hidden_layers + 1
 
     def param_groups(self, weight_decay: float = 0.1, layer_decay: float = 1.0) -> list[dict[str, Any]]:
-        """AdamW parameter groups with the official layer-wise lr decay: `lr_scale = layer_decay ** (depth + 1 - id)`."""
+        """AdamW parameter groups with the official layer-wise lr decay.
+
+        `lr_scale = layer_decay ** (depth + 1 - id)`.
+        """
         skip = self.no_weight_decay()
         top = self.config.num_hidden_layers + 1
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
@@ -428,7 +441,12 @@ class ViTPosePreTrainedModel(PreTrainedModel):
             layer, decay = self.layer_id(name), name not in skip
             group = groups.setdefault(
                 (layer, decay),
-                {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (top - layer)},
+                {
+                    "params": [],
+                    "names": [],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "lr_scale": layer_decay ** (top - layer),
+                },
             )
             group["params"].append(param)
             group["names"].append(name)
@@ -457,7 +475,9 @@ def check_pixel_values(pixel_values: Any, num_channels: int) -> None:
         hint = " (convert with torch.from_numpy, or use the processor)" if isinstance(pixel_values, np.ndarray) else ""
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}{hint}")
     if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-        raise ValueError(f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}")
+        raise ValueError(
+            f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}"
+        )
     if not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be a float tensor (normalised crops), got dtype {pixel_values.dtype}")
 
@@ -491,7 +511,8 @@ class ViTPoseModel(ViTPosePreTrainedModel):
             if not interpolate:
                 raise ValueError(
                     f"input gives a {grid[0]}x{grid[1]} token grid but the model was built for "
-                    f"{self.config.image_size[0]}x{self.config.image_size[1]} pixels ({trained[0]}x{trained[1]} tokens); "
+                    f"{self.config.image_size[0]}x{self.config.image_size[1]} pixels "
+                    f"({trained[0]}x{trained[1]} tokens); "
                     f"set config.interpolate_pos_encoding=True (or pass interpolate_pos_encoding=True) to resize the "
                     f"position embedding"
                 )
@@ -530,9 +551,13 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         """
         reject_unknown_kwargs(kwargs)
         check_pixel_values(pixel_values, self.config.num_channels)
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        interpolate = self.config.interpolate_pos_encoding if interpolate_pos_encoding is None else interpolate_pos_encoding
+        interpolate = (
+            self.config.interpolate_pos_encoding if interpolate_pos_encoding is None else interpolate_pos_encoding
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         selector = expert_index if expert_index is not None else dataset_index
         routing = self.expert_routing(selector, pixel_values.shape[0], pixel_values.device)
@@ -555,7 +580,6 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         return ViTPoseModelOutput(
             last_hidden_state=x, feature_maps=feature_maps, hidden_states=hidden_states, attentions=attentions
         )
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -715,20 +739,30 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
         """Sum over the heads present of each head's loss on its own samples only."""
         B = heatmaps.shape[0]
         if labels.ndim != 4 or labels.shape[0] != B or labels.shape[-2:] != heatmaps.shape[-2:]:
-            raise ValueError(f"labels must have shape (batch, K, {heatmaps.shape[-2]}, {heatmaps.shape[-1]}), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have shape (batch, K, {heatmaps.shape[-2]}, {heatmaps.shape[-1]}), "
+                f"got {tuple(labels.shape)}"
+            )
         if target_weight is None:
             target_weight = labels.new_ones(labels.shape[:2])
         if target_weight.ndim == 3:
             target_weight = target_weight.squeeze(-1)
         if target_weight.shape[:2] != labels.shape[:2]:
-            raise ValueError(f"target_weight must have shape {tuple(labels.shape[:2])}, got {tuple(target_weight.shape)}")
+            raise ValueError(
+                f"target_weight must have shape {tuple(labels.shape[:2])}, got {tuple(target_weight.shape)}"
+            )
         total = heatmaps.new_zeros((), dtype=torch.float32)
         for k, rows in routing.groups:
             K = self.config.num_keypoints[k]
             if labels.shape[1] < K:
-                raise ValueError(f"labels have {labels.shape[1]} channels but dataset {self.config.dataset_names[k]!r} has {K} keypoints")
-            pred, gt, weight = (heatmaps, labels, target_weight) if rows is None else (
-                t.index_select(0, rows) for t in (heatmaps, labels, target_weight)
+                raise ValueError(
+                    f"labels have {labels.shape[1]} channels but dataset {self.config.dataset_names[k]!r} "
+                    f"has {K} keypoints"
+                )
+            pred, gt, weight = (
+                (heatmaps, labels, target_weight)
+                if rows is None
+                else (t.index_select(0, rows) for t in (heatmaps, labels, target_weight))
             )
             total = total + keypoint_mse_loss(pred[:, :K], gt[:, :K], weight[:, :K], max(B, 1))
         return total
@@ -776,9 +810,13 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
             from .conversion import is_transformers_vitpose, load_transformers_vitpose
 
             if is_transformers_vitpose(pretrained_model_name_or_path, **kwargs):
-                return load_transformers_vitpose(cls, pretrained_model_name_or_path, *model_args, strict=strict, **kwargs)
+                return load_transformers_vitpose(
+                    cls, pretrained_model_name_or_path, *model_args, strict=strict, **kwargs
+                )
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if strict and problems:
             raise ValueError(f"checkpoint {pretrained_model_name_or_path} does not match the model: {problems}")

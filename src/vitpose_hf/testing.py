@@ -12,13 +12,24 @@ from typing import Any
 import numpy as np
 
 from vitpose_hf.data.hub_dataset import keypoint_features
+
 from .keypoint_metadata import get_dataset_info
 
 __all__ = ["SYNTHETIC_FIGURE_LAYOUT", "figure_template", "synthetic_keypoint_dataset"]
 
 SYNTHETIC_FIGURE_LAYOUT: dict[str, Any] = {
     "name": "figure",
-    "keypoint_names": ["head", "neck", "left_elbow", "right_elbow", "left_hand", "right_hand", "hip", "left_foot", "right_foot"],
+    "keypoint_names": [
+        "head",
+        "neck",
+        "left_elbow",
+        "right_elbow",
+        "left_hand",
+        "right_hand",
+        "hip",
+        "left_foot",
+        "right_foot",
+    ],
     "flip_pairs": [[2, 3], [4, 5], [7, 8]],
     "skeleton": [[0, 1], [1, 2], [1, 3], [2, 4], [3, 5], [1, 6], [6, 7], [6, 8]],
     "sigmas": [0.08] * 9,
@@ -27,9 +38,25 @@ SYNTHETIC_FIGURE_LAYOUT: dict[str, Any] = {
     "use_udp": True,
 }
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
-            (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128), (255, 255, 255)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (0, 0, 128),
+    (255, 255, 255),
+]
 
 
 def figure_template(info: Mapping[str, Any]) -> np.ndarray:
@@ -113,27 +140,50 @@ def synthetic_keypoint_dataset(
             points = (template + rng.normal(0, 0.03, template.shape)) @ rot.T * fig_h
             lo, hi = points.min(axis=0), points.max(axis=0)
             margin = 6.0
-            center = np.array([rng.uniform(margin - lo[0], width - margin - hi[0]) if width - 2 * margin > hi[0] - lo[0] else width / 2,
-                               rng.uniform(margin - lo[1], height - margin - hi[1]) if height - 2 * margin > hi[1] - lo[1] else height / 2])
+            center = np.array(
+                [
+                    rng.uniform(margin - lo[0], width - margin - hi[0])
+                    if width - 2 * margin > hi[0] - lo[0]
+                    else width / 2,
+                    rng.uniform(margin - lo[1], height - margin - hi[1])
+                    if height - 2 * margin > hi[1] - lo[1]
+                    else height / 2,
+                ]
+            )
             points = points + center
             radius = max(1.5, fig_h * 0.06)
             for a, b in info.get("skeleton") or []:
                 draw.line([tuple(points[a]), tuple(points[b])], fill=(235, 235, 235), width=max(1, int(radius / 2)))
             for i in range(k):
                 x, y = points[i]
-                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_PALETTE[colour_of[i] % len(_PALETTE)])
+                draw.ellipse(
+                    [x - radius, y - radius, x + radius, y + radius], fill=_PALETTE[colour_of[i] % len(_PALETTE)]
+                )
             x1, y1 = np.maximum(points.min(axis=0) - radius - 2, 0)
             x2, y2 = np.minimum(points.max(axis=0) + radius + 2, [width - 1, height - 1])
             box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
-            objects.append({
-                "id": next_id, "category_id": 1, "bbox": box,
-                "keypoints": [[float(x), float(y), 2.0] for x, y in points],
-                "iscrowd": 0, "area": 0.6 * box[2] * box[3],
-            })
+            objects.append(
+                {
+                    "id": next_id,
+                    "category_id": 1,
+                    "bbox": box,
+                    "keypoints": [[float(x), float(y), 2.0] for x, y in points],
+                    "iscrowd": 0,
+                    "area": 0.6 * box[2] * box[3],
+                }
+            )
             next_id += 1
         buffer = io.BytesIO()
         image.save(buffer, format=image_format)
         file_name = f"synthetic_{n:06d}.{'jpg' if image_format.upper() == 'JPEG' else image_format.lower()}"
-        rows.append({"image": {"bytes": buffer.getvalue(), "path": file_name}, "image_id": image_id_offset + n,
-                     "file_name": file_name, "width": width, "height": height, "objects": objects})
+        rows.append(
+            {
+                "image": {"bytes": buffer.getvalue(), "path": file_name},
+                "image_id": image_id_offset + n,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "objects": objects,
+            }
+        )
     return datasets.Dataset.from_list(rows, features=keypoint_features())

@@ -29,7 +29,15 @@ from vitpose_hf.conversion import (
 )
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
-PRESET_ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "drop_path_rate", "decoder", "num_experts", "part_features")
+PRESET_ARCH_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "drop_path_rate",
+    "decoder",
+    "num_experts",
+    "part_features",
+)
 
 
 def convert_official(path: str | os.PathLike, preset: str | None = None, **overrides: Any) -> ViTPoseForPoseEstimation:
@@ -58,7 +66,11 @@ def export_transformers(model: ViTPoseForPoseEstimation, directory: str | os.Pat
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(str(directory), "config.json"), "w", encoding="utf-8") as f:
         json.dump(config_dict, f, indent=2)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(str(directory), "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        os.path.join(str(directory), "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 def convert(
@@ -100,15 +112,34 @@ def convert(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="official .pth, transformers vitpose folder/repo, or a vitpose_hf folder")
     parser.add_argument("dst", help="output folder")
-    parser.add_argument("--preset", help=f"architecture preset overriding what is read from the tensors ({', '.join(ViTPoseConfig.preset_names())})")
+    parser.add_argument(
+        "--preset",
+        help="architecture preset overriding what is read from the tensors "
+        f"({', '.join(ViTPoseConfig.preset_names())})",
+    )
     parser.add_argument("--to", choices=["vitpose_hf", "transformers"], default="vitpose_hf", help="output format")
-    parser.add_argument("--dataset", help="keep one dataset (its expert merged, its head only); with --to transformers, the head to export")
-    parser.add_argument("--datasets", nargs="+", help="dataset names of the heads, in order, when they cannot be inferred")
+    parser.add_argument(
+        "--dataset",
+        help="keep one dataset (its expert merged, its head only); with --to transformers, the head to export",
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", help="dataset names of the heads, in order, when they cannot be inferred"
+    )
     parser.add_argument("--num-attention-heads", type=int, help="attention heads, for widths with no official model")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(convert(args.src, args.dst, preset=args.preset, to=args.to, dataset=args.dataset, datasets=args.datasets, num_attention_heads=args.num_attention_heads))
+    print(
+        convert(
+            args.src,
+            args.dst,
+            preset=args.preset,
+            to=args.to,
+            dataset=args.dataset,
+            datasets=args.datasets,
+            num_attention_heads=args.num_attention_heads,
+        )
+    )
     return 0
 
 

@@ -14,11 +14,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", help="split of a DatasetDict (default: validation, else the only split)")
     data.add_argument("--max-images", type=int, help="evaluate only the first N images (quick checks)")
     boxes = parser.add_argument_group("person boxes")
-    boxes.add_argument("--bbox-file", help="detections as a COCO results json (image_id, category_id, bbox, score); "
-                       "default: ground-truth boxes")
+    boxes.add_argument(
+        "--bbox-file",
+        help="detections as a COCO results json (image_id, category_id, bbox, score); default: ground-truth boxes",
+    )
     boxes.add_argument("--det-score-thr", type=float, default=0.0, help="drop detections below this score (0.0)")
-    boxes.add_argument("--det-category", type=int, default=1,
-                       help="detection category to keep (1 = person; -1 keeps all)")
+    boxes.add_argument(
+        "--det-category", type=int, default=1, help="detection category to keep (1 = person; -1 keeps all)"
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--dataset", help="dataset head to evaluate (name); default: the model's first dataset")
     model.add_argument("--flip-test", action="store_true", help="average with the horizontally flipped crops")
@@ -87,6 +89,7 @@ def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]
     def loader(file_name: str) -> Callable[[], Any]:
         def load() -> Any:  # EXIF orientation applied, as the training data and the pipeline
             return load_image(folder / file_name, f"image {file_name!r}")
+
         return load
 
     items = [_Item(img["id"], loader(img["file_name"])) for img in gt["images"]]
@@ -139,12 +142,16 @@ def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
     if any(a["id"] is None for a in annotations) or len({a["id"] for a in annotations}) != len(annotations):
         for n, ann in enumerate(annotations):
             ann["id"] = n + 1
-    gt = {"images": images, "annotations": annotations,
-          "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "person"}]}
+    gt = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "person"}],
+    }
 
     def loader(index: int) -> Callable[[], Any]:
         def load() -> Any:  # datasets' Image feature applies the EXIF orientation; the processor makes it RGB
             return ds[index]["image"]
+
         return load
 
     items = [_Item(img["id"], loader(n)) for n, img in enumerate(images)]
@@ -212,8 +219,11 @@ def _restrict(gt: dict[str, Any], items: list[_Item], max_images: int | None) ->
         raise ValueError(f"--max-images must be positive, got {max_images}")
     items = items[:max_images]
     keep = {item.image_id for item in items}
-    gt = {**gt, "images": [img for img in gt["images"] if img["id"] in keep],
-          "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    gt = {
+        **gt,
+        "images": [img for img in gt["images"] if img["id"] in keep],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
+    }
     return gt, items
 
 
@@ -273,14 +283,21 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], int
     except OSError:
         # No preprocessor_config.json: the model's input size and the dataset's official UDP setting.
         height, width = config.image_size
-        processor = ViTPoseImageProcessor(size={"height": height, "width": width}, use_udp=None,
-                                          dataset=list(config.datasets))
+        processor = ViTPoseImageProcessor(
+            size={"height": height, "width": width}, use_udp=None, dataset=list(config.datasets)
+        )
     return model, processor, info, index, device, dtype
 
 
 def _predict(
-    model: Any, processor: Any, info: dict[str, Any], index: int, group: list[_Item], args: argparse.Namespace,
-    device: Any, dtype: Any,
+    model: Any,
+    processor: Any,
+    info: dict[str, Any],
+    index: int,
+    group: list[_Item],
+    args: argparse.Namespace,
+    device: Any,
+    dtype: Any,
 ) -> list[dict[str, Any]]:
     """Per-person predictions (the records of :func:`vitpose_hf.evaluation.metrics.top_down_results`) for a group."""
     import torch
@@ -291,7 +308,7 @@ def _predict(
     heatmaps, flipped = [], []
     with torch.inference_mode():
         for start in range(0, pixel_values.shape[0], args.batch_size):
-            chunk = pixel_values[start:start + args.batch_size].to(device=device, dtype=dtype)
+            chunk = pixel_values[start : start + args.batch_size].to(device=device, dtype=dtype)
             heatmaps.append(model(chunk, dataset_index=index).heatmaps)
             if args.flip_test:
                 flipped.append(model(processor.flip_pixel_values(chunk), dataset_index=index).heatmaps)
@@ -306,14 +323,16 @@ def _predict(
     poses, crop = [], 0
     for item, people in zip(group, per_image):
         for person, box_score, category_id in zip(people, item.box_scores, item.category_ids):
-            poses.append({
-                "image_id": item.image_id,
-                "keypoints": person["keypoints"].detach().float().cpu().numpy(),
-                "scores": person["scores"].detach().float().cpu().numpy(),
-                "box_score": box_score,
-                "area": areas[crop],
-                "category_id": category_id,
-            })
+            poses.append(
+                {
+                    "image_id": item.image_id,
+                    "keypoints": person["keypoints"].detach().float().cpu().numpy(),
+                    "scores": person["scores"].detach().float().cpu().numpy(),
+                    "box_score": box_score,
+                    "area": areas[crop],
+                    "category_id": category_id,
+                }
+            )
             crop += 1
     return poses
 
@@ -355,13 +374,25 @@ def run(args: argparse.Namespace) -> int:
     with open(output, "w", encoding="utf-8") as f:
         json.dump(results, f)
     metrics = coco_keypoint_metrics(gt, results, info)
-    title = (f"{info['name']}: {len(items)} images, {num_boxes} boxes "
-             f"({'detections' if args.bbox_file else 'ground-truth boxes'}), flip test {'on' if args.flip_test else 'off'}")
+    title = (
+        f"{info['name']}: {len(items)} images, {num_boxes} boxes "
+        f"({'detections' if args.bbox_file else 'ground-truth boxes'}), flip test {'on' if args.flip_test else 'off'}"
+    )
     print(format_metrics(metrics, title=title))
     metrics_path = Path(args.metrics_output) if args.metrics_output else output.with_name(f"{output.stem}_metrics.json")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with open(metrics_path, "w", encoding="utf-8") as f:
-        json.dump({"dataset": info["name"], "model": str(args.model), "num_images": len(items),
-                   "num_boxes": num_boxes, "flip_test": bool(args.flip_test), "metrics": metrics}, f, indent=2)
+        json.dump(
+            {
+                "dataset": info["name"],
+                "model": str(args.model),
+                "num_images": len(items),
+                "num_boxes": num_boxes,
+                "flip_test": bool(args.flip_test),
+                "metrics": metrics,
+            },
+            f,
+            indent=2,
+        )
     print(f"results: {os.fspath(output)}\nmetrics: {os.fspath(metrics_path)}")
     return 0

@@ -47,8 +47,17 @@ IMAGES_PER_CALL = 8  # images whose crops share one pipeline call (and its forwa
 
 # COCO category ids of the classes that find people and the AP-10K / APT-36K animals
 COCO_CATEGORY_NAMES = {
-    1: "person", 16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 22: "elephant",
-    23: "bear", 24: "zebra", 25: "giraffe",
+    1: "person",
+    16: "bird",
+    17: "cat",
+    18: "dog",
+    19: "horse",
+    20: "sheep",
+    21: "cow",
+    22: "elephant",
+    23: "bear",
+    24: "zebra",
+    25: "giraffe",
 }
 
 logger = logging.getLogger(__name__)
@@ -66,22 +75,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "Without IMAGE_OR_DIR the bundled sample photo is used (scikit-image's public-domain astronaut)."
-    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files, folders of images or frames, video files")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files, folders of images or frames, video files"
+    )
     parser.add_argument("--sample", action="store_true", help="add the bundled sample photo to the inputs")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub name or local checkpoint folder (default: {DEFAULT_MODEL})")
-    parser.add_argument("--boxes", metavar="FILE.json", help="boxes per image: a name -> boxes mapping, COCO detection results or a COCO annotation file")
-    parser.add_argument("--box-format", choices=BOX_FORMATS, default=None, help="format of --boxes mapping boxes and of the output boxes (default: xywh)")
-    parser.add_argument("--box-threshold", type=float, default=None, metavar="S", help="drop boxes scoring below S (file boxes with a score, detector boxes; detector default 0.5)")
-    parser.add_argument("--detector", default=None, metavar="MODEL", help="transformers object-detection model (Hub name or folder) used when no boxes are given")
-    parser.add_argument("--dataset", default=None, help="head of a ViTPose++ checkpoint: coco, aic, mpii, ap10k, apt36k, wholebody")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"Hub name or local checkpoint folder (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--boxes",
+        metavar="FILE.json",
+        help="boxes per image: a name -> boxes mapping, COCO detection results or a COCO annotation file",
+    )
+    parser.add_argument(
+        "--box-format",
+        choices=BOX_FORMATS,
+        default=None,
+        help="format of --boxes mapping boxes and of the output boxes (default: xywh)",
+    )
+    parser.add_argument(
+        "--box-threshold",
+        type=float,
+        default=None,
+        metavar="S",
+        help="drop boxes scoring below S (file boxes with a score, detector boxes; detector default 0.5)",
+    )
+    parser.add_argument(
+        "--detector",
+        default=None,
+        metavar="MODEL",
+        help="transformers object-detection model (Hub name or folder) used when no boxes are given",
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="head of a ViTPose++ checkpoint: coco, aic, mpii, ap10k, apt36k, wholebody"
+    )
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crops (official flip test)")
-    parser.add_argument("--out", metavar="DIR", default=None, help="write an annotated PNG per image (and a JSON per video frame)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write all results to one JSON file ('-' prints it)")
-    parser.add_argument("--score-threshold", type=float, default=0.3, metavar="S", help="draw keypoints scoring at least S (default 0.3)")
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="write an annotated PNG per image (and a JSON per video frame)"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", default=None, help="write all results to one JSON file ('-' prints it)"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="S",
+        help="draw keypoints scoring at least S (default 0.3)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="crops per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: first GPU if any)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bf16", "fp16"), help="precision of the pose model")
-    parser.add_argument("--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame (default 1)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bf16", "fp16"), help="precision of the pose model"
+    )
+    parser.add_argument(
+        "--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame (default 1)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -132,7 +181,11 @@ def _box_entry(value: Any, where: str, with_category: bool = False) -> tuple[lis
         category = value.get("category_id") if with_category else None
     else:
         box = value
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    ):
         raise InputError(f"{where}: a box is 4 numbers, got {box!r}")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise InputError(f"{where}: score must be a number, got {score!r}")
@@ -153,7 +206,10 @@ def load_boxes_file(path: str | os.PathLike, box_format: str | None = None) -> B
     if isinstance(data, list):  # COCO detection results
         for i, item in enumerate(data):
             if not isinstance(item, dict) or "bbox" not in item or not ("image_id" in item or "file_name" in item):
-                raise InputError(f"--boxes: entry {i} of a COCO results list needs 'bbox' and 'image_id' or 'file_name', got {item!r}")
+                raise InputError(
+                    f"--boxes: entry {i} of a COCO results list needs 'bbox' and 'image_id' or 'file_name', "
+                    f"got {item!r}"
+                )
             entry = _box_entry(item, f"--boxes entry {i}", with_category=True)
             if "file_name" in item:
                 by_key.setdefault(str(item["file_name"]), []).append(entry)
@@ -182,7 +238,9 @@ def load_boxes_file(path: str | os.PathLike, box_format: str | None = None) -> B
                 raise InputError(f"--boxes: the boxes of {name!r} must be a list, got {type(boxes).__name__}")
             by_key[str(name)] = [_box_entry(b, f"--boxes {name!r}[{j}]") for j, b in enumerate(boxes)]
         return BoxTable(by_key, by_id, box_format or "xywh")
-    raise InputError(f"--boxes: expected a JSON object (file name -> boxes) or a COCO results list, got {type(data).__name__}")
+    raise InputError(
+        f"--boxes: expected a JSON object (file name -> boxes) or a COCO results list, got {type(data).__name__}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -428,13 +486,21 @@ def _predict(args: argparse.Namespace) -> int:
             for job, people in zip(chunk, results):
                 people_count += len(people)
                 width, height = _size_of(job.image)
-                record = {"file": str(job.source), "frame": job.frame, "width": width, "height": height, "people": people}
+                record = {
+                    "file": str(job.source),
+                    "frame": job.frame,
+                    "width": width,
+                    "height": height,
+                    "people": people,
+                }
                 records.append(record)
                 if out_path is not None:
                     target = out_path / job.out_stem
                     target.parent.mkdir(parents=True, exist_ok=True)
                     # name + suffix, not with_suffix: "a.b.jpg" has the stem "a.b"
-                    draw(job.image, people, score_threshold=args.score_threshold).save(target.parent / f"{target.name}.png")
+                    draw(job.image, people, score_threshold=args.score_threshold).save(
+                        target.parent / f"{target.name}.png"
+                    )
                     if job.frame is not None:
                         with open(target.parent / f"{target.name}.json", "w", encoding="utf-8") as f:
                             json.dump(record, f, indent=1)

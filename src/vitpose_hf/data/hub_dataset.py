@@ -157,7 +157,12 @@ def check_instance(
     box = _as_float_array(obj.get("bbox"))
     area = obj.get("area")
     area_value = None if area is None else _as_float_array(area)
-    if kps is None or box is None or box.shape != (4,) or (area is not None and (area_value is None or area_value.ndim)):
+    if (
+        kps is None
+        or box is None
+        or box.shape != (4,)
+        or (area is not None and (area_value is None or area_value.ndim))
+    ):
         return "malformed", None, None
     if kps.ndim == 1 and kps.size % 3 == 0:
         kps = kps.reshape(-1, 3)
@@ -291,7 +296,12 @@ def infer_layout(coco: Mapping[str, Any], name: str | None = None) -> dict:
         if 0 <= a < len(names) and 0 <= b < len(names) and a != b and [a, b] not in skeleton and [b, a] not in skeleton:
             skeleton.append([a, b])
     return get_dataset_info(
-        {"name": name or str(categories[0].get("name") or "custom"), "keypoint_names": names, "flip_pairs": flips, "skeleton": skeleton}
+        {
+            "name": name or str(categories[0].get("name") or "custom"),
+            "keypoint_names": names,
+            "flip_pairs": flips,
+            "skeleton": skeleton,
+        }
     )
 
 
@@ -404,8 +414,14 @@ def coco_to_dataset(
             if obj["id"] is None:
                 obj["id"], next_id = next_id, next_id + 1
         records.append(
-            {"path": str(file_path), "file_name": img["file_name"], "image_id": int(img["id"]),
-             "width": int(width), "height": int(height), "objects": objs}
+            {
+                "path": str(file_path),
+                "file_name": img["file_name"],
+                "image_id": int(img["id"]),
+                "width": int(width),
+                "height": int(height),
+                "objects": objs,
+            }
         )
         counts["images"] += 1
         counts["annotations"] += len(objs)
@@ -507,17 +523,27 @@ def load_image_split(name_or_path: str, split: str, streaming: bool = False, cac
 # ---------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf convert-dataset`."""
-    parser.add_argument("--annotations", action="append", required=True,
-                        help="COCO keypoint json; repeat with --split for several splits")
-    parser.add_argument("--images", action="append",
-                        help="image folder of each --annotations (default: the json's folder)")
+    parser.add_argument(
+        "--annotations",
+        action="append",
+        required=True,
+        help="COCO keypoint json; repeat with --split for several splits",
+    )
+    parser.add_argument(
+        "--images", action="append", help="image folder of each --annotations (default: the json's folder)"
+    )
     parser.add_argument("--split", action="append", help="split name of each --annotations (default: train)")
     parser.add_argument("--output", required=True, help="folder for save_to_disk (a DatasetDict)")
-    parser.add_argument("--layout", help="keypoint layout: built-in name (coco, aic, ap10k, ...) or a layout json; "
-                        "default: inferred from the json's categories")
+    parser.add_argument(
+        "--layout",
+        help="keypoint layout: built-in name (coco, aic, ap10k, ...) or a layout json; "
+        "default: inferred from the json's categories",
+    )
     parser.add_argument("--name", help="name of an inferred custom layout")
     parser.add_argument("--cache_dir", help="datasets cache folder used while converting")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also push the dataset (and its layout) to this Hub repo")
+    parser.add_argument(
+        "--push_to_hub", metavar="REPO_ID", help="also push the dataset (and its layout) to this Hub repo"
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
@@ -529,7 +555,9 @@ def run(args: argparse.Namespace) -> int:
     images = args.images or [None] * n
     splits = args.split or (["train"] if n == 1 else [])
     if len(images) != n or len(splits) != n:
-        raise SystemExit(f"give one --images and one --split per --annotations ({n}), got {len(images)} and {len(splits)}")
+        raise SystemExit(
+            f"give one --images and one --split per --annotations ({n}), got {len(images)} and {len(splits)}"
+        )
     if len(set(splits)) != n:
         raise SystemExit(f"split names must be unique, got {splits}")
     parts, layout = {}, None
@@ -539,25 +567,35 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"split {split!r} has another keypoint layout than the previous splits")
         layout = info
         parts[split] = ds
-        print(f"{split}: {counts['images']} images, {counts['annotations']} annotations "
-              f"(dropped: {format_counts({k: v for k, v in counts.items() if k not in ('images', 'annotations')})})")
+        print(
+            f"{split}: {counts['images']} images, {counts['annotations']} annotations "
+            f"(dropped: {format_counts({k: v for k, v in counts.items() if k not in ('images', 'annotations')})})"
+        )
     dataset = datasets.DatasetDict(parts)
     dataset.save_to_disk(args.output)
     write_layout(layout, args.output)
-    print(f"saved {', '.join(f'{k}: {v.num_rows} rows' for k, v in dataset.items())} to {args.output} "
-          f"(layout {layout['name']!r}, {layout['num_keypoints']} keypoints)")
+    print(
+        f"saved {', '.join(f'{k}: {v.num_rows} rows' for k, v in dataset.items())} to {args.output} "
+        f"(layout {layout['name']!r}, {layout['num_keypoints']} keypoints)"
+    )
     if args.push_to_hub:
         from huggingface_hub import HfApi
 
         dataset.push_to_hub(args.push_to_hub, private=args.private)
-        HfApi().upload_file(path_or_fileobj=os.path.join(args.output, KEYPOINT_INFO_FILE),
-                            path_in_repo=KEYPOINT_INFO_FILE, repo_id=args.push_to_hub, repo_type="dataset")
+        HfApi().upload_file(
+            path_or_fileobj=os.path.join(args.output, KEYPOINT_INFO_FILE),
+            path_in_repo=KEYPOINT_INFO_FILE,
+            repo_id=args.push_to_hub,
+            repo_type="dataset",
+        )
         print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coco_to_hub_dataset", description="COCO keypoint json + images -> Hub dataset")
+    parser = argparse.ArgumentParser(
+        prog="coco_to_hub_dataset", description="COCO keypoint json + images -> Hub dataset"
+    )
     add_arguments(parser)
     return run(parser.parse_args(None if argv is None else list(argv)))
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from vitpose_hf.codecs import MSRAHeatmap, UDPHeatmap
-from vitpose_hf.geometry import BOX_PADDING
 from vitpose_hf.data.hub_dataset import check_instance, format_counts
+from vitpose_hf.geometry import BOX_PADDING
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.images import to_rgb_array
 from vitpose_hf.keypoint_metadata import flip_indices, get_dataset_info
@@ -115,11 +115,15 @@ class TopDownTransform:
         self.codec = codec_class(self.input_size, self.heatmap_size, sigma=sigma)
 
     def __repr__(self) -> str:
-        return (f"TopDownTransform({self.info['name']!r}, input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
-                f"use_udp={self.use_udp}, augment={self.augment})")
+        return (
+            f"TopDownTransform({self.info['name']!r}, input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
+            f"use_udp={self.use_udp}, augment={self.augment})"
+        )
 
     # ---- the random part --------------------------------------------------------------------------------------
-    def _half_body(self, keypoints: np.ndarray, visible: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    def _half_body(
+        self, keypoints: np.ndarray, visible: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """(centre, size) of the half-body region, or None when it does not apply."""
         aug = self.augment
         upper = [i for i in self.upper if visible[i]]
@@ -169,10 +173,14 @@ class TopDownTransform:
             if half is not None:
                 center, size = half
                 factor = aug.half_body_scale / self.padding
-        factor *= float(np.clip(rng.standard_normal() * aug.scale_factor + 1, 1 - aug.scale_factor, 1 + aug.scale_factor))
+        factor *= float(
+            np.clip(rng.standard_normal() * aug.scale_factor + 1, 1 - aug.scale_factor, 1 + aug.scale_factor)
+        )
         rotation = 0.0
         if rng.random() <= aug.rotation_prob:
-            rotation = float(np.clip(rng.standard_normal() * aug.rotation_factor, -2 * aug.rotation_factor, 2 * aug.rotation_factor))
+            rotation = float(
+                np.clip(rng.standard_normal() * aug.rotation_factor, -2 * aug.rotation_factor, 2 * aug.rotation_factor)
+            )
         return image, keypoints, center, size, factor, rotation, flipped
 
     # ---- the whole sample -------------------------------------------------------------------------------------
@@ -241,8 +249,12 @@ class InstanceTable:
         """From the instance rows of `hub_dataset.explode_instances`."""
         n = instances.num_rows
         if n == 0:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                       np.zeros((0, num_keypoints, 3), np.float32))
+            return cls(
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                np.zeros((0, 4), np.float32),
+                np.zeros((0, num_keypoints, 3), np.float32),
+            )
         # the Arrow table with any selection applied: flatten nested lists without going through python objects
         data = instances.with_format("arrow")[:]
 
@@ -250,7 +262,11 @@ class InstanceTable:
             import pyarrow as pa
 
             values = data.column(name).combine_chunks()
-            while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
+            while (
+                pa.types.is_list(values.type)
+                or pa.types.is_fixed_size_list(values.type)
+                or pa.types.is_large_list(values.type)
+            ):
                 values = values.flatten()
             return values.to_numpy(zero_copy_only=False)
 
@@ -338,8 +354,15 @@ class MixedDatasetSampler(torch.utils.data.Sampler):
             weights = self.sizes.astype(np.float64)
         else:
             weights = np.asarray(ratios, dtype=np.float64)
-            if weights.shape != self.sizes.shape or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"dataset ratios must be one non-negative number per dataset ({len(sizes)}), got {list(ratios)}")
+            if (
+                weights.shape != self.sizes.shape
+                or not np.isfinite(weights).all()
+                or (weights < 0).any()
+                or weights.sum() <= 0
+            ):
+                raise ValueError(
+                    f"dataset ratios must be one non-negative number per dataset ({len(sizes)}), got {list(ratios)}"
+                )
         weights = np.where(self.sizes > 0, weights, 0.0)
         if weights.sum() <= 0:
             raise ValueError(f"no training instances to sample from (dataset sizes {self.sizes.tolist()})")
@@ -416,8 +439,13 @@ class StreamingTopDownDataset(torch.utils.data.IterableDataset):
     training length comes from ``--max_train_steps``.
     """
 
-    def __init__(self, sources: Sequence[StreamSource], ratios: Sequence[float] | None = None, seed: int = 0,
-                 shuffle_buffer: int = 1000) -> None:
+    def __init__(
+        self,
+        sources: Sequence[StreamSource],
+        ratios: Sequence[float] | None = None,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+    ) -> None:
         self.sources = list(sources)
         weights = np.ones(len(self.sources)) if ratios is None else np.asarray(ratios, dtype=np.float64)
         if weights.shape != (len(self.sources),) or (weights < 0).any() or weights.sum() <= 0:

@@ -59,7 +59,17 @@ __all__ = [
 METRIC_PATH: str = str(Path(__file__).resolve().parents[1] / "metrics" / "coco_keypoints")
 
 COCO_METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-CROWDPOSE_METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+CROWDPOSE_METRIC_NAMES: tuple[str, ...] = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AR",
+    "AR50",
+    "AR75",
+    "AP_easy",
+    "AP_medium",
+    "AP_hard",
+)
 
 # Official ViTPose/mmpose settings: OKS scale from the GT 'area' (True) or from 0.53 x bbox area (False).
 _USE_AREA_DEFAULT = {"aic": False, "crowdpose": False}
@@ -183,7 +193,8 @@ def _split_format_keypoints(entry: Mapping[str, Any], info: dict[str, Any], wher
         arr = _to_numpy(entry[key], f"{where} {key!r}").reshape(-1)
         if arr.size != 3 * (end - start):
             raise ValueError(
-                f"{where}: {key!r} has {arr.size} values, expected {3 * (end - start)} ({end - start} {part} keypoints x 3)"
+                f"{where}: {key!r} has {arr.size} values, expected {3 * (end - start)} "
+                f"({end - start} {part} keypoints x 3)"
             )
         out[start:end] = arr.reshape(-1, 3)
         covered[start:end] = True
@@ -204,11 +215,12 @@ def _entry_keypoints(entry: Mapping[str, Any], info: dict[str, Any], where: str)
     if arr.ndim == 2 and arr.shape[1] == 3:
         arr = arr.reshape(-1)
     if arr.ndim != 1 or arr.size % 3 != 0:
-        raise ValueError(f"{where}: 'keypoints' must be a flat [x, y, v] * K list or a (K, 3) array, got shape {arr.shape}")
+        raise ValueError(
+            f"{where}: 'keypoints' must be a flat [x, y, v] * K list or a (K, 3) array, got shape {arr.shape}"
+        )
     if arr.size != 3 * k:
         raise ValueError(
-            f"{where} has {arr.size // 3} keypoints but dataset {info['name']!r} has K={k} "
-            f"(expected {3 * k} values)"
+            f"{where} has {arr.size // 3} keypoints but dataset {info['name']!r} has K={k} (expected {3 * k} values)"
         )
     return arr.reshape(k, 3)
 
@@ -301,7 +313,9 @@ def _normalise_predictions(
             category_id = cat_ids[0]
         category_id = _as_id(category_id)
         if category_id not in cat_ids:
-            raise ValueError(f"{where} has category_id {category_id!r}, not one of the ground-truth categories {cat_ids}")
+            raise ValueError(
+                f"{where} has category_id {category_id!r}, not one of the ground-truth categories {cat_ids}"
+            )
         kps = _entry_keypoints(pred, info, f"{where} (image_id={image_id})")
         if not np.all(np.isfinite(kps)):
             bad = sorted({int(i) for i in np.nonzero(~np.isfinite(kps))[0]})
@@ -368,8 +382,11 @@ def _run_pycocotools(
                     coco_dt.anns[n + 1]["area"] = area
         else:  # loadRes cannot take an empty list
             coco_dt = COCO()
-            coco_dt.dataset = {"images": list(gt_doc["images"]), "categories": copy.deepcopy(gt_doc["categories"]),
-                               "annotations": []}
+            coco_dt.dataset = {
+                "images": list(gt_doc["images"]),
+                "categories": copy.deepcopy(gt_doc["categories"]),
+                "annotations": [],
+            }
             coco_dt.createIndex()
         coco_eval = COCOeval(coco_gt, coco_dt, "keypoints")
         coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -408,8 +425,13 @@ def _stats_dict(stats: np.ndarray, names: Sequence[str], prefix: str = "") -> di
 
 
 def _crowdpose_metrics(
-    gt: dict[str, Any], keypoints: list[np.ndarray], entries: list[dict[str, Any]], pred_keypoints: list[np.ndarray],
-    sigmas: np.ndarray, use_area: bool, verbose: bool,
+    gt: dict[str, Any],
+    keypoints: list[np.ndarray],
+    entries: list[dict[str, Any]],
+    pred_keypoints: list[np.ndarray],
+    sigmas: np.ndarray,
+    use_area: bool,
+    verbose: bool,
 ) -> dict[str, float]:
     try:
         from xtcocotools.coco import COCO as XCOCO
@@ -442,11 +464,15 @@ def _crowdpose_metrics(
             coco_dt = coco_gt.loadRes(dts)
         else:
             coco_dt = XCOCO()
-            coco_dt.dataset = {"images": list(doc["images"]), "categories": copy.deepcopy(doc["categories"]),
-                               "annotations": []}
+            coco_dt.dataset = {
+                "images": list(doc["images"]),
+                "categories": copy.deepcopy(doc["categories"]),
+                "annotations": [],
+            }
             coco_dt.createIndex()
-        coco_eval = XCOCOeval(coco_gt, coco_dt, "keypoints_crowd", np.asarray(sigmas, dtype=np.float64),
-                              use_area=use_area)
+        coco_eval = XCOCOeval(
+            coco_gt, coco_dt, "keypoints_crowd", np.asarray(sigmas, dtype=np.float64), use_area=use_area
+        )
         if not has_crowd_index:
             # Without per-image crowdIndex the easy/medium/hard split is undefined: report the other values.
             coco_eval.get_type_result = lambda *args, **kwargs: [float("nan")] * 3
@@ -531,9 +557,7 @@ def coco_keypoint_metrics(
 # ---------------------------------------------------------------------------------------------------------------
 # PCKh / PCK
 # ---------------------------------------------------------------------------------------------------------------
-def _pck_inputs(
-    predictions: Any, ground_truth: Any, visible: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pck_inputs(predictions: Any, ground_truth: Any, visible: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pred = _to_numpy(predictions, "predictions")
     gt = _to_numpy(ground_truth, "ground_truth")
     if pred.ndim != 3 or pred.shape[-1] not in (2, 3):
@@ -835,12 +859,14 @@ def to_coco_results(poses: Sequence[Mapping[str, Any]], category_id: int = 1) ->
         score = pose.get("score")
         score = _box_score(pose) if score is None else float(_to_numpy(score, f"poses[{n}] score"))
         flat = np.concatenate([xy, scores[:, None]], axis=1).reshape(-1)
-        results.append({
-            "image_id": _as_id(pose["image_id"]),
-            "category_id": _as_id(pose.get("category_id", category_id)),
-            "keypoints": [float(v) for v in flat],
-            "score": float(score),
-        })
+        results.append(
+            {
+                "image_id": _as_id(pose["image_id"]),
+                "category_id": _as_id(pose.get("category_id", category_id)),
+                "keypoints": [float(v) for v in flat],
+                "score": float(score),
+            }
+        )
     return results
 
 
@@ -973,8 +999,11 @@ def per_image_to_coco(
 
 def format_metrics(metrics: Mapping[str, Any], title: str | None = None) -> str:
     """A plain-text two-column table of a metrics dict (floats with 4 decimals)."""
-    rows = [(str(k), f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
-            if not isinstance(v, Mapping)]
+    rows = [
+        (str(k), f"{v:.4f}" if isinstance(v, float) else str(v))
+        for k, v in metrics.items()
+        if not isinstance(v, Mapping)
+    ]
     width = max([len(r[0]) for r in rows] + [6])
     value_width = max([len(r[1]) for r in rows] + [5])
     lines = [title] if title else []

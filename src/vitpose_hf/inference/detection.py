@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from vitpose_hf.boxes import detector_box
-from vitpose_hf.inference.hub import hub_load
 from vitpose_hf.images import to_pil
+from vitpose_hf.inference.hub import hub_load
 
 __all__ = ["Detections", "ObjectDetector", "load_detector"]
 
@@ -85,11 +85,19 @@ class ObjectDetector:
 
             self.name = os.fspath(model)
             self.model = hub_load(
-                AutoModelForObjectDetection.from_pretrained, self.name, "detector", "--detector", **from_pretrained_kwargs
+                AutoModelForObjectDetection.from_pretrained,
+                self.name,
+                "detector",
+                "--detector",
+                **from_pretrained_kwargs,
             )
             if self.image_processor is None:
-                hub = {k: v for k, v in from_pretrained_kwargs.items() if k not in ("dtype", "torch_dtype", "device_map")}
-                self.image_processor = hub_load(AutoImageProcessor.from_pretrained, self.name, "detector", "--detector", **hub)
+                hub = {
+                    k: v for k, v in from_pretrained_kwargs.items() if k not in ("dtype", "torch_dtype", "device_map")
+                }
+                self.image_processor = hub_load(
+                    AutoImageProcessor.from_pretrained, self.name, "detector", "--detector", **hub
+                )
         elif _is_transformers_pipeline(model):
             self.model = model.model
             self.image_processor = image_processor if image_processor is not None else model.image_processor
@@ -181,11 +189,17 @@ class ObjectDetector:
             boxes, scores, names = [], [], []
             for j, item in enumerate(items):
                 if not isinstance(item, dict) or "box" not in item:
-                    raise ValueError(f"detection {j} of image {i} must be a dict with 'box', 'score', 'label', got {item!r}")
+                    raise ValueError(
+                        f"detection {j} of image {i} must be a dict with 'box', 'score', 'label', got {item!r}"
+                    )
                 boxes.append(detector_box(item["box"], f"detection {j} of image {i}"))
                 scores.append(float(item.get("score", 1.0)))
                 names.append(str(item.get("label", "")))
-            out.append(Detections(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64), names))
+            out.append(
+                Detections(
+                    np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64), names
+                )
+            )
         return out
 
     @torch.no_grad()
@@ -194,7 +208,11 @@ class ObjectDetector:
         inputs = self.image_processor(images=pil, return_tensors="pt")
         parameter = next(self.model.parameters())
         inputs = {
-            k: (v.to(parameter.device, dtype=parameter.dtype) if torch.is_floating_point(v) and k == "pixel_values" else v.to(parameter.device))
+            k: (
+                v.to(parameter.device, dtype=parameter.dtype)
+                if torch.is_floating_point(v) and k == "pixel_values"
+                else v.to(parameter.device)
+            )
             for k, v in inputs.items()
             if isinstance(v, torch.Tensor)
         }
@@ -236,7 +254,11 @@ def _check_labels(labels: Sequence[str] | None) -> set[str] | None:
         return None
     if isinstance(labels, str):
         labels = [labels]
-    if not isinstance(labels, (list, tuple, set, frozenset)) or not labels or not all(isinstance(x, str) for x in labels):
+    if (
+        not isinstance(labels, (list, tuple, set, frozenset))
+        or not labels
+        or not all(isinstance(x, str) for x in labels)
+    ):
         raise ValueError(f"labels must be a non-empty list of class names or None (all classes), got {labels!r}")
     return {x.lower() for x in labels}
 

@@ -41,7 +41,12 @@ PALETTES: dict[str, dict[str, RGB]] = {
     "crowdpose": {"left": (255, 111, 0), "right": (41, 121, 255), "center": (118, 255, 3), "box": (118, 255, 3)},
     "ochuman": {"left": (255, 145, 0), "right": (48, 79, 254), "center": (29, 233, 182), "box": (29, 233, 182)},
 }
-_DEFAULT_PALETTE: dict[str, RGB] = {"left": (255, 160, 0), "right": (0, 176, 255), "center": (0, 230, 118), "box": (0, 230, 118)}
+_DEFAULT_PALETTE: dict[str, RGB] = {
+    "left": (255, 160, 0),
+    "right": (0, 176, 255),
+    "center": (0, 230, 118),
+    "box": (0, 230, 118),
+}
 
 
 def keypoint_groups(info: dict) -> list[str]:
@@ -82,7 +87,9 @@ def _person_arrays(person: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
         keypoints = keypoints.detach().float().cpu().numpy()
     points = np.asarray(keypoints, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] < 2:
-        raise ValueError(f"{where}['keypoints'] must be (K, 2) or a list of {{name, x, y, score}}, got shape {points.shape}")
+        raise ValueError(
+            f"{where}['keypoints'] must be (K, 2) or a list of {{name, x, y, score}}, got shape {points.shape}"
+        )
     if points.shape[1] >= 3 and person.get("scores") is None:
         return points[:, :2], points[:, 2]
     scores = person.get("scores")

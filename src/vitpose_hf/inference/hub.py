@@ -110,7 +110,9 @@ def hub_load(
     if os.path.isdir(name) or kwargs.get("local_files_only"):
         return load(name, **kwargs)
     if os.path.isfile(name):
-        raise ValueError(f"the {what} {name!r} is a file; pass a checkpoint folder (config.json + weights) or a Hub name")
+        raise ValueError(
+            f"the {what} {name!r} is a file; pass a checkpoint folder (config.json + weights) or a Hub name"
+        )
     try:
         return load(name, **{**kwargs, "local_files_only": True})
     except OSError:

@@ -44,10 +44,10 @@ from transformers import Pipeline
 from transformers.image_processing_utils import BaseImageProcessor
 
 from vitpose_hf.boxes import boxes_per_image, check_box_format, convert_boxes, split_per_image
-from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
-from vitpose_hf.inference.hub import hub_file, hub_load, resolve_dtype
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.images import image_size, is_batch, load_image
+from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
+from vitpose_hf.inference.hub import hub_file, hub_load, resolve_dtype
 from vitpose_hf.modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
@@ -84,7 +84,9 @@ def load_pose_model(
     return hub_load(ViTPoseForPoseEstimation.from_pretrained, model, "model", "--model", **kwargs)
 
 
-def processor_for_model(model: ViTPosePreTrainedModel, source: str | os.PathLike | None = None) -> ViTPoseImageProcessor:
+def processor_for_model(
+    model: ViTPosePreTrainedModel, source: str | os.PathLike | None = None
+) -> ViTPoseImageProcessor:
     """The model's image processor: its saved ``ViTPoseImageProcessor``, else one built from the model config.
 
     A transformers ``VitPoseImageProcessor`` config contributes its size, mean and std. The built processor uses
@@ -100,7 +102,11 @@ def processor_for_model(model: ViTPosePreTrainedModel, source: str | os.PathLike
     if saved.get("image_processor_type") == ViTPoseImageProcessor.__name__:
         return ViTPoseImageProcessor.from_dict(saved)
     height, width = model.config.image_size
-    options: dict[str, Any] = {"size": {"height": height, "width": width}, "use_udp": None, "dataset": list(model.config.datasets)}
+    options: dict[str, Any] = {
+        "size": {"height": height, "width": width},
+        "use_udp": None,
+        "dataset": list(model.config.datasets),
+    }
     for key in ("image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize"):
         if key in saved:
             options[key] = saved[key]
@@ -195,7 +201,7 @@ def _concat_outputs(outputs: list[ViTPoseEstimatorOutput]) -> ViTPoseEstimatorOu
         parts = [getattr(o, key) for o in outputs]
         if all(p is not None for p in parts):
             fields[key] = torch.cat(parts)
-    return ViTPoseEstimatorOutput(**fields)
+    return ViTPoseEstimatorOutput(**fields, datasets=outputs[0].datasets)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,7 +210,7 @@ def _concat_outputs(outputs: list[ViTPoseEstimatorOutput]) -> ViTPoseEstimatorOu
 class PoseEstimationPipeline(Pipeline):
     """Top-down pose estimation with a ViTPose / ViTPose++ model (task ``"pose-estimation"``).
 
-    Build it with :func:`vitpose_hf.inference.pipeline` or ``transformers.pipeline("pose-estimation", model=...)``.
+    Build it with :func:`vitpose_hf.pipeline` or ``transformers.pipeline("pose-estimation", model=...)``.
 
     Args:
         model: a :class:`ViTPoseForPoseEstimation` (ours or a converted transformers ``vitpose`` checkpoint).
@@ -243,7 +249,10 @@ class PoseEstimationPipeline(Pipeline):
                     " (this is transformers' VitPose: load the checkpoint with "
                     "vitpose_hf.ViTPoseForPoseEstimation.from_pretrained, which converts it)"
                 )
-            raise TypeError(f"the pose-estimation pipeline needs a vitpose_hf ViTPoseForPoseEstimation, got {type(model).__name__}{hint}")
+            raise TypeError(
+                "the pose-estimation pipeline needs a vitpose_hf ViTPoseForPoseEstimation, "
+                f"got {type(model).__name__}{hint}"
+            )
         torch_dtype, plain_dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
         dtype = resolve_dtype(torch_dtype if torch_dtype not in (None, "auto") else plain_dtype)
         image_processor = _adapt_processor(image_processor, model)
@@ -251,7 +260,9 @@ class PoseEstimationPipeline(Pipeline):
         if dtype is not None and self.model.dtype != dtype:
             self.model.to(dtype)
         self.model.eval()
-        self.detector: ObjectDetector | None = load_detector(detector, labels=None, device=self.device, **(detector_kwargs or {}))
+        self.detector: ObjectDetector | None = load_detector(
+            detector, labels=None, device=self.device, **(detector_kwargs or {})
+        )
         if self.detector is not None and not isinstance(detector, (str, os.PathLike)):
             self.detector.to(self.device)
         self._warned_whole_image = False
@@ -345,7 +356,11 @@ class PoseEstimationPipeline(Pipeline):
             boxes = split_per_image(boxes, 1, single=True)
         if single and kwargs.get("box_scores") is not None:
             scores = kwargs["box_scores"]
-            if not (isinstance(scores, (list, tuple)) and len(scores) == 1 and isinstance(scores[0], (list, tuple, np.ndarray, torch.Tensor))):
+            if not (
+                isinstance(scores, (list, tuple))
+                and len(scores) == 1
+                and isinstance(scores[0], (list, tuple, np.ndarray, torch.Tensor))
+            ):
                 kwargs["box_scores"] = [scores]
         if boxes is not None:
             kwargs["boxes"] = boxes
@@ -397,9 +412,7 @@ class PoseEstimationPipeline(Pipeline):
                 per_image.append(np.array([[0.0, 0.0, float(width), float(height)]]))  # same numbers in both formats
             scores = [[None] for _ in images]
             labels = [[None] for _ in images]
-        crops = self.image_processor(
-            images, boxes=per_image, box_format=box_format, device=self.device, dataset=info
-        )
+        crops = self.image_processor(images, boxes=per_image, box_format=box_format, device=self.device, dataset=info)
         return {
             "crops": crops,
             "dataset_index": index,
@@ -409,7 +422,9 @@ class PoseEstimationPipeline(Pipeline):
             "box_format": box_format,
         }
 
-    def _forward(self, model_inputs: dict[str, Any], flip_test: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+    def _forward(
+        self, model_inputs: dict[str, Any], flip_test: bool = False, batch_size: int | None = None
+    ) -> dict[str, Any]:
         crops = model_inputs["crops"]
         index = model_inputs["dataset_index"]
         info = self.model.config.datasets[index]

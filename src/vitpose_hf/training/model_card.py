@@ -32,7 +32,13 @@ CITATION = """@inproceedings{xu2022vitpose,
 }"""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_METRIC_NAMES = {"AP": "AP (OKS)", "AP50": "AP@0.5 (OKS)", "AP75": "AP@0.75 (OKS)", "AR": "AR (OKS)", "loss": "validation loss"}
+_METRIC_NAMES = {
+    "AP": "AP (OKS)",
+    "AP50": "AP@0.5 (OKS)",
+    "AP75": "AP@0.75 (OKS)",
+    "AR": "AR (OKS)",
+    "loss": "validation loss",
+}
 
 
 def is_hub_id(value: str | None) -> bool:
@@ -116,7 +122,11 @@ def build_model_card(
         "",
         f"{size} top-down pose estimator ({config.decoder} decoder) for {height}x{width} person/animal crops, trained "
         f"with vitpose-hf (Accelerate). Heads: {heads}."
-        + (f" ViTPose++ experts: {config.num_experts} (width {config.part_features})." if config.num_experts > 1 else ""),
+        + (
+            f" ViTPose++ experts: {config.num_experts} (width {config.part_features})."
+            if config.num_experts > 1
+            else ""
+        ),
         "",
     ]
     if base_model:

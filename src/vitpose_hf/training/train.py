@@ -34,6 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitpose_hf.configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
+from vitpose_hf.conversion import adapt_model, load_vit_backbone
+from vitpose_hf.data.hub_dataset import (
+    BAD_STATUSES,
+    check_instance,
+    explode_instances,
+    find_layout,
+    format_counts,
+    load_image_split,
+    read_layout,
+)
 from vitpose_hf.data.transforms import (
     AugmentConfig,
     InstanceTable,
@@ -45,18 +56,7 @@ from vitpose_hf.data.transforms import (
     TopDownSource,
     TopDownTransform,
 )
-from vitpose_hf.configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
-from vitpose_hf.conversion import adapt_model, load_vit_backbone
 from vitpose_hf.geometry import PIXEL_STD
-from vitpose_hf.data.hub_dataset import (
-    BAD_STATUSES,
-    check_instance,
-    explode_instances,
-    find_layout,
-    format_counts,
-    load_image_split,
-    read_layout,
-)
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import KEYPOINT_DATASETS
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
@@ -100,40 +100,71 @@ HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf train` (run with ``--help`` for the list)."""
     m = parser.add_argument_group("model (one of --model_name_or_path, --model_size, --config_name)")
-    m.add_argument("--model_name_or_path",
-                   help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune")
-    m.add_argument("--model_size", choices=list(PRESET_SIZES),
-                   help="build ViTPose-S/B/L/H from scratch (see --init_from)")
-    m.add_argument("--init_from", help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE "
-                   ".pth / .safetensors file, converted into the backbone (position embedding interpolated)")
+    m.add_argument(
+        "--model_name_or_path", help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune"
+    )
+    m.add_argument(
+        "--model_size", choices=list(PRESET_SIZES), help="build ViTPose-S/B/L/H from scratch (see --init_from)"
+    )
+    m.add_argument(
+        "--init_from",
+        help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE "
+        ".pth / .safetensors file, converted into the backbone (position embedding interpolated)",
+    )
     m.add_argument("--config_name", help="config.json (or its folder) of the model to build from scratch")
-    m.add_argument("--config_overrides",
-                   help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"')
+    m.add_argument(
+        "--config_overrides", help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"'
+    )
     m.add_argument("--decoder", choices=["classic", "simple"], default="classic", help="heatmap decoder for new models")
-    m.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
-                   help="input size of new models (256 192)")
-    m.add_argument("--experts", choices=["auto", "per_dataset", "none"], default="auto",
-                   help="ViTPose++ experts: one per keypoint layout (auto: when training several layouts), or none")
+    m.add_argument(
+        "--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="input size of new models (256 192)"
+    )
+    m.add_argument(
+        "--experts",
+        choices=["auto", "per_dataset", "none"],
+        default="auto",
+        help="ViTPose++ experts: one per keypoint layout (auto: when training several layouts), or none",
+    )
     m.add_argument("--part_features", type=int, help="expert width (default hidden_size / 4)")
     m.add_argument("--drop_path_rate", type=float, help="stochastic depth (default: per size, or the checkpoint's)")
 
     d = parser.add_argument_group("data")
-    d.add_argument("--dataset_name", action="append", required=True,
-                   help="Hub dataset id, save_to_disk folder or parquet folder (repeat for multi-dataset training)")
-    d.add_argument("--dataset_layout", action="append",
-                   help="keypoint layout of each --dataset_name: built-in name (coco, aic, mpii, ap10k, ...) or layout "
-                   "json (default: the dataset's keypoint_info.json)")
-    d.add_argument("--dataset_ratio", type=float, nargs="+", action="extend",
-                   help="sampling share of each --dataset_name (default: proportional to size, as the official code)")
+    d.add_argument(
+        "--dataset_name",
+        action="append",
+        required=True,
+        help="Hub dataset id, save_to_disk folder or parquet folder (repeat for multi-dataset training)",
+    )
+    d.add_argument(
+        "--dataset_layout",
+        action="append",
+        help="keypoint layout of each --dataset_name: built-in name (coco, aic, mpii, ap10k, ...) or layout "
+        "json (default: the dataset's keypoint_info.json)",
+    )
+    d.add_argument(
+        "--dataset_ratio",
+        type=float,
+        nargs="+",
+        action="extend",
+        help="sampling share of each --dataset_name (default: proportional to size, as the official code)",
+    )
     d.add_argument("--train_split", default="train")
     d.add_argument("--validation_split", default="validation")
-    d.add_argument("--train_val_split", type=float, default=0.0,
-                   help="fraction of training images held out for validation when a dataset has no validation split")
-    d.add_argument("--max_train_samples", type=int,
-                   help="use only the first N training images of each dataset (debugging)")
+    d.add_argument(
+        "--train_val_split",
+        type=float,
+        default=0.0,
+        help="fraction of training images held out for validation when a dataset has no validation split",
+    )
+    d.add_argument(
+        "--max_train_samples", type=int, help="use only the first N training images of each dataset (debugging)"
+    )
     d.add_argument("--max_eval_samples", type=int, help="use only the first N validation images of each dataset")
-    d.add_argument("--streaming", action="store_true", help="stream the training split (datasets.IterableDataset); "
-                   "needs --max_train_steps")
+    d.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the training split (datasets.IterableDataset); needs --max_train_steps",
+    )
     d.add_argument("--shuffle_buffer_size", type=int, default=1000, help="streaming shuffle buffer (images)")
     d.add_argument("--no_augmentation", action="store_true", help="plain crops (debugging, overfitting checks)")
     d.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma of the target heatmaps (2)")
@@ -148,8 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--num_train_epochs", type=int, default=210)
     o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
     o.add_argument("--learning_rate", type=float, help="default 5e-4, or 1e-3 for multi-dataset ViTPose++")
-    o.add_argument("--layer_decay", type=float,
-                   help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)")
+    o.add_argument(
+        "--layer_decay", type=float, help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)"
+    )
     o.add_argument("--weight_decay", type=float, default=0.1)
     o.add_argument("--adam_beta1", type=float, default=0.9)
     o.add_argument("--adam_beta2", type=float, default=0.999)
@@ -157,9 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     o.add_argument("--warmup_steps", type=int, default=500)
     o.add_argument("--warmup_ratio", type=float, default=0.001, help="lr factor at step 0 of the warm-up")
-    o.add_argument("--lr_steps", type=float, nargs="+",
-                   help="lr x --lr_gamma at these epochs (or steps, see --lr_step_unit); default 170/210 and 200/210 "
-                   "of training")
+    o.add_argument(
+        "--lr_steps",
+        type=float,
+        nargs="+",
+        help="lr x --lr_gamma at these epochs (or steps, see --lr_step_unit); default 170/210 and 200/210 of training",
+    )
     o.add_argument("--lr_step_unit", choices=["epoch", "step"], default="epoch")
     o.add_argument("--lr_gamma", type=float, default=0.1)
 
@@ -250,8 +285,12 @@ class StepWarmupSchedule:
 
 
 def build_optimizer(
-    model: ViTPoseForPoseEstimation, lr: float, weight_decay: float, layer_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    model: ViTPoseForPoseEstimation,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW over the model's layer-decay groups: each group's lr is ``lr * lr_scale``."""
     groups = model.param_groups(weight_decay=weight_decay, layer_decay=layer_decay)
@@ -272,8 +311,13 @@ class TrainingProgress:
     best_metrics: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "steps_per_epoch": self.steps_per_epoch, "best_metric": self.best_metric,
-                "best_step": self.best_step, "best_metrics": json.dumps(self.best_metrics)}
+        return {
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "best_metrics": json.dumps(self.best_metrics),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
@@ -346,8 +390,9 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
             config_dict.update(overrides)
             if want_experts:
                 config_dict["num_experts"] = len(layouts)
-                config_dict["part_features"] = (args.part_features or config_dict.get("part_features")
-                                                or config_dict.get("hidden_size", 768) // 4)
+                config_dict["part_features"] = (
+                    args.part_features or config_dict.get("part_features") or config_dict.get("hidden_size", 768) // 4
+                )
             else:
                 config_dict.update(num_experts=1, part_features=0)
             config = ViTPoseConfig(**config_dict)
@@ -383,8 +428,9 @@ def load_data_specs(args: argparse.Namespace) -> list[DataSpec]:
         else:
             layout = find_layout(name)
             if layout is None:
-                raise ValueError(f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, mpii, ap10k, ... "
-                                 "or a json)")
+                raise ValueError(
+                    f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, mpii, ap10k, ... or a json)"
+                )
         train = load_image_split(name, args.train_split, streaming=args.streaming, cache_dir=args.cache_dir)
         if train is None:
             raise ValueError(f"{name!r} has no {args.train_split!r} split")
@@ -440,8 +486,11 @@ def coco_ground_truth(images: Any, num_keypoints: int) -> dict[str, Any]:
                 ann["area"] = float(obj["area"])
             categories.add(ann["category_id"])
             annotations.append(ann)
-    return {"images": gt_images, "annotations": annotations,
-            "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "1"}]}
+    return {
+        "images": gt_images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": str(c)} for c in sorted(categories)] or [{"id": 1, "name": "1"}],
+    }
 
 
 @dataclass
@@ -460,7 +509,10 @@ class EvalSet:
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict_batch(
-    model: torch.nn.Module, processor: ViTPoseImageProcessor, batch: Mapping[str, torch.Tensor], use_udp: bool,
+    model: torch.nn.Module,
+    processor: ViTPoseImageProcessor,
+    batch: Mapping[str, torch.Tensor],
+    use_udp: bool,
     flip_test: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss, image keypoints ``(B, K, 2)`` and scores ``(B, K)`` of one evaluation batch.
@@ -468,15 +520,23 @@ def predict_batch(
     Decoding is the processor's `post_process_pose_estimation` (flip test, decoder, crop-to-image) with the crops
     of the batch (``center``, ``scale``) cut with ``use_udp``, the setting of the batch's dataset.
     """
-    out = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
-                labels=batch["labels"], target_weight=batch["target_weight"])
+    out = model(
+        pixel_values=batch["pixel_values"],
+        dataset_index=batch["dataset_index"],
+        labels=batch["labels"],
+        target_weight=batch["target_weight"],
+    )
     flipped = None
     if flip_test:
-        flipped = model(pixel_values=processor.flip_pixel_values(batch["pixel_values"]),
-                        dataset_index=batch["dataset_index"])
+        flipped = model(
+            pixel_values=processor.flip_pixel_values(batch["pixel_values"]), dataset_index=batch["dataset_index"]
+        )
     crops = {"center": batch["center"], "scale": batch["scale"], "use_udp": bool(use_udp)}
-    people = [p for image in processor.post_process_pose_estimation(out, flip_outputs=flipped, crop_metadata=crops)
-              for p in image]
+    people = [
+        p
+        for image in processor.post_process_pose_estimation(out, flip_outputs=flipped, crop_metadata=crops)
+        for p in image
+    ]
     points = torch.stack([p["keypoints"] for p in people])
     scores = torch.stack([p["scores"] for p in people])
     return out.loss, points, scores
@@ -484,7 +544,10 @@ def predict_batch(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, eval_sets: Sequence[EvalSet], accelerator: Any, flip_test: bool = False,
+    model: torch.nn.Module,
+    eval_sets: Sequence[EvalSet],
+    accelerator: Any,
+    flip_test: bool = False,
     processor: ViTPoseImageProcessor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Validation loss and COCO keypoint AP (GT boxes, official rescoring + OKS-NMS) per evaluation set.
@@ -505,22 +568,32 @@ def evaluate(
         for batch in es.loader:
             loss, points, scores = predict_batch(model, processor, batch, es.transform.use_udp, flip_test)
             b = points.shape[0]
-            gathered = accelerator.gather_for_metrics({
-                "points": points.float().contiguous(), "scores": scores.float().contiguous(),
-                "instance": batch["instance"], "loss": loss.detach().float().expand(b).contiguous(),
-                "scale": batch["scale"].float(),
-            })
+            gathered = accelerator.gather_for_metrics(
+                {
+                    "points": points.float().contiguous(),
+                    "scores": scores.float().contiguous(),
+                    "instance": batch["instance"],
+                    "loss": loss.detach().float().expand(b).contiguous(),
+                    "scale": batch["scale"].float(),
+                }
+            )
             for key, value in gathered.items():
                 parts[key].append(value.cpu())
         metrics: dict[str, float] = {}
         if accelerator.is_main_process and parts["points"]:
-            points, scores, instances, scales = (torch.cat(parts[key]).numpy()
-                                                 for key in ("points", "scores", "instance", "scale"))
+            points, scores, instances, scales = (
+                torch.cat(parts[key]).numpy() for key in ("points", "scores", "instance", "scale")
+            )
             metrics["loss"] = float(torch.cat(parts["loss"]).mean())
             table = es.dataset.sources[0].table
             poses = [
-                {"image_id": int(table.rows[i]), "keypoints": points[j], "scores": scores[j],
-                 "area": float(scales[j, 0] * scales[j, 1] * PIXEL_STD**2), "box_score": 1.0}
+                {
+                    "image_id": int(table.rows[i]),
+                    "keypoints": points[j],
+                    "scores": scores[j],
+                    "area": float(scales[j, 0] * scales[j, 1] * PIXEL_STD**2),
+                    "box_score": 1.0,
+                }
                 for j, i in enumerate(instances.tolist())
             ]
             if es.layout.get("sigmas"):
@@ -558,7 +631,7 @@ def find_checkpoint(output_dir: str | os.PathLike, which: str = "latest") -> str
     folder = Path(output_dir) / CHECKPOINT_DIR
     steps = []
     for path in folder.glob("step_*") if folder.is_dir() else []:
-        suffix = path.name[len("step_"):]
+        suffix = path.name[len("step_") :]
         if path.is_dir() and suffix.isdigit():  # "step_N.tmp" = interrupted while saving
             steps.append((int(suffix), str(path)))
     return max(steps)[1] if steps else None
@@ -618,16 +691,30 @@ def _is_builtin(info: Mapping[str, Any]) -> bool:
 
 
 def save_model_folder(
-    model: ViTPoseForPoseEstimation, folder: str, *, model_name: str, metrics: Mapping[str, Any] | None,
-    dataset_ids: Mapping[str, str], base_model: str | None, training: Mapping[str, Any], notes: Sequence[str] = (),
+    model: ViTPoseForPoseEstimation,
+    folder: str,
+    *,
+    model_name: str,
+    metrics: Mapping[str, Any] | None,
+    dataset_ids: Mapping[str, str],
+    base_model: str | None,
+    training: Mapping[str, Any],
+    notes: Sequence[str] = (),
 ) -> None:
     """``save_pretrained`` (safetensors) + processor config + model card, into ``folder``."""
     from vitpose_hf.training.model_card import build_model_card
 
     model.save_pretrained(folder, safe_serialization=True)
     make_processor(model.config).save_pretrained(folder)
-    card = build_model_card(model.config, model_name=model_name, metrics=metrics, dataset_ids=dataset_ids,
-                            base_model=base_model, training=training, notes=notes)
+    card = build_model_card(
+        model.config,
+        model_name=model_name,
+        metrics=metrics,
+        dataset_ids=dataset_ids,
+        base_model=base_model,
+        training=training,
+        notes=notes,
+    )
     card.save(os.path.join(folder, "README.md"))
 
 
@@ -687,14 +774,20 @@ def _json_safe(value: Any) -> Any:
 
 
 def build_train_loader(
-    args: argparse.Namespace, specs: Sequence[DataSpec], config: ViTPoseConfig, augment: AugmentConfig,
-    collator: TopDownCollator, device: torch.device,
+    args: argparse.Namespace,
+    specs: Sequence[DataSpec],
+    config: ViTPoseConfig,
+    augment: AugmentConfig,
+    collator: TopDownCollator,
+    device: torch.device,
 ) -> tuple[torch.utils.data.DataLoader, dict[str, dict[str, int]]]:
     """The training DataLoader (map-style with `MixedDatasetSampler`, or a stream) and the bad-annotation counts."""
     input_size, heatmap_size = tuple(config.image_size), tuple(config.heatmap_size)
     kwargs: dict[str, Any] = {
-        "batch_size": args.per_device_train_batch_size, "num_workers": args.dataloader_num_workers,
-        "collate_fn": collator, "pin_memory": device.type == "cuda",
+        "batch_size": args.per_device_train_batch_size,
+        "num_workers": args.dataloader_num_workers,
+        "collate_fn": collator,
+        "pin_memory": device.type == "cuda",
         "generator": torch.Generator().manual_seed(args.seed),
     }
     if args.dataloader_num_workers > 0:
@@ -703,9 +796,15 @@ def build_train_loader(
     if any(s.ratio is not None for s in specs):
         ratios = [s.ratio if s.ratio is not None else 1.0 for s in specs]
     if args.streaming:
-        sources = [StreamSource(spec.name, spec.train,
-                                TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma), spec.head)
-                   for spec in specs]
+        sources = [
+            StreamSource(
+                spec.name,
+                spec.train,
+                TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma),
+                spec.head,
+            )
+            for spec in specs
+        ]
         dataset = StreamingTopDownDataset(sources, ratios, seed=args.seed, shuffle_buffer=args.shuffle_buffer_size)
         return torch.utils.data.DataLoader(dataset, **kwargs), {}
     sources, skipped = [], {}
@@ -715,14 +814,24 @@ def build_train_loader(
         spec.counts = counts
         skipped[spec.name] = {key: counts[key] for key in BAD_STATUSES if counts.get(key)}
         transform = TopDownTransform(spec.layout, input_size, heatmap_size, augment, args.sigma)
-        sources.append(TopDownSource(spec.name, spec.train.select_columns(["image"]),
-                                     InstanceTable.from_dataset(instances, k), transform, spec.head))
+        sources.append(
+            TopDownSource(
+                spec.name,
+                spec.train.select_columns(["image"]),
+                InstanceTable.from_dataset(instances, k),
+                transform,
+                spec.head,
+            )
+        )
     sampler = MixedDatasetSampler([len(s.table) for s in sources], ratios, seed=args.seed)
     return torch.utils.data.DataLoader(TopDownDataset(sources), sampler=sampler, **kwargs), skipped
 
 
 def build_eval_sets(
-    args: argparse.Namespace, specs: Sequence[DataSpec], config: ViTPoseConfig, collator: TopDownCollator,
+    args: argparse.Namespace,
+    specs: Sequence[DataSpec],
+    config: ViTPoseConfig,
+    collator: TopDownCollator,
     main_process: bool,
 ) -> list[EvalSet]:
     """One evaluation set per dataset with a validation split (plain crops of the ground-truth boxes)."""
@@ -736,11 +845,25 @@ def build_eval_sets(
         if instances.num_rows == 0:
             continue
         transform = TopDownTransform(spec.layout, input_size, heatmap_size, None, args.sigma)
-        dataset = TopDownDataset([TopDownSource(spec.name, spec.validation.select_columns(["image"]),
-                                                InstanceTable.from_dataset(instances, k), transform, spec.head)])
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_eval_batch_size, shuffle=False,
-                                             num_workers=args.dataloader_num_workers, collate_fn=collator,
-                                             generator=torch.Generator().manual_seed(args.seed))
+        dataset = TopDownDataset(
+            [
+                TopDownSource(
+                    spec.name,
+                    spec.validation.select_columns(["image"]),
+                    InstanceTable.from_dataset(instances, k),
+                    transform,
+                    spec.head,
+                )
+            ]
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.per_device_eval_batch_size,
+            shuffle=False,
+            num_workers=args.dataloader_num_workers,
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
         gt = coco_ground_truth(spec.validation, k) if main_process else {}
         eval_sets.append(EvalSet(spec.name, spec.head, spec.layout, dataset, loader, gt, transform))
     return eval_sets
@@ -843,10 +966,12 @@ def setup(args: argparse.Namespace) -> TrainState:
         cpu=cpu,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
     )
-    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, backend "
-                f"{accelerator.state.backend or 'none'}, mixed precision "
-                f"{accelerator.mixed_precision}; model {config.hidden_size}x{config.num_hidden_layers}, heads "
-                f"{config.dataset_names}, experts {config.num_experts}; lr {lr}, layer decay {layer_decay}")
+    logger.info(
+        f"{accelerator.num_processes} process(es), device {accelerator.device}, backend "
+        f"{accelerator.state.backend or 'none'}, mixed precision "
+        f"{accelerator.mixed_precision}; model {config.hidden_size}x{config.num_hidden_layers}, heads "
+        f"{config.dataset_names}, experts {config.num_experts}; lr {lr}, layer decay {layer_decay}"
+    )
 
     # data
     augment = AugmentConfig(enabled=not args.no_augmentation)
@@ -857,8 +982,9 @@ def setup(args: argparse.Namespace) -> TrainState:
     input_size = tuple(config.image_size)
 
     # optimiser, schedule
-    optimizer = build_optimizer(model, lr, args.weight_decay, layer_decay, (args.adam_beta1, args.adam_beta2),
-                                args.adam_epsilon)
+    optimizer = build_optimizer(
+        model, lr, args.weight_decay, layer_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon
+    )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     for es in eval_sets:
         es.loader = accelerator.prepare(es.loader)
@@ -889,24 +1015,43 @@ def setup(args: argparse.Namespace) -> TrainState:
         "size": _size_key(config) or f"{config.hidden_size}x{config.num_hidden_layers}",
         "input size": f"{input_size[0]}x{input_size[1]}",
         "datasets": ", ".join(s.name for s in specs),
-        "learning rate": lr, "layer decay": layer_decay, "weight decay": args.weight_decay,
-        "betas": f"({args.adam_beta1}, {args.adam_beta2})", "gradient clipping": args.max_grad_norm,
-        "warm-up steps": args.warmup_steps, "lr milestones (steps)": str(milestones),
+        "learning rate": lr,
+        "layer decay": layer_decay,
+        "weight decay": args.weight_decay,
+        "betas": f"({args.adam_beta1}, {args.adam_beta2})",
+        "gradient clipping": args.max_grad_norm,
+        "warm-up steps": args.warmup_steps,
+        "lr milestones (steps)": str(milestones),
         "total batch size": total_batch,
-        "optimizer steps": max_steps, "drop path": config.drop_path_rate,
-        "mixed precision": accelerator.mixed_precision, "augmentation": "official" if augment.enabled else "none",
+        "optimizer steps": max_steps,
+        "drop path": config.drop_path_rate,
+        "mixed precision": accelerator.mixed_precision,
+        "augmentation": "official" if augment.enabled else "none",
         "seed": args.seed,
     }
     if accelerator.is_main_process:
         with open(output_dir / "training_args.json", "w", encoding="utf-8") as f:
             json.dump(_json_safe(vars(args)), f, indent=2)
     if args.report_to != "none":
-        accelerator.init_trackers("vitpose_hf_train",
-                                  {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "vitpose_hf_train", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
     return TrainState(
-        args=args, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, eval_sets=eval_sets, specs=specs, progress=progress, output_dir=output_dir,
-        steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, max_steps=max_steps, hyper=hyper, skipped=skipped,
+        args=args,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_sets=eval_sets,
+        specs=specs,
+        progress=progress,
+        output_dir=output_dir,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=num_epochs,
+        max_steps=max_steps,
+        hyper=hyper,
+        skipped=skipped,
         window=LossWindow(torch.zeros((), device=accelerator.device)),
     )
 
@@ -923,13 +1068,17 @@ def resume(state: TrainState) -> None:
     state.accelerator.load_state(path)
     progress, steps_per_epoch = state.progress, state.steps_per_epoch
     if progress.steps_per_epoch != steps_per_epoch:
-        logger.warning(f"the checkpoint had {progress.steps_per_epoch} steps per epoch, this run has {steps_per_epoch} "
-                       "(other data, batch size or process count): the data order will differ")
+        logger.warning(
+            f"the checkpoint had {progress.steps_per_epoch} steps per epoch, this run has {steps_per_epoch} "
+            "(other data, batch size or process count): the data order will differ"
+        )
     state.start_epoch = progress.step // steps_per_epoch
     state.skip_batches = (progress.step % steps_per_epoch) * args.gradient_accumulation_steps
     progress.steps_per_epoch = steps_per_epoch
-    logger.info(f"resumed from {path} at step {progress.step} (epoch {state.start_epoch}, skipping "
-                f"{state.skip_batches} batches)")
+    logger.info(
+        f"resumed from {path} at step {progress.step} (epoch {state.start_epoch}, skipping "
+        f"{state.skip_batches} batches)"
+    )
 
 
 def log_line(state: TrainState, record: dict[str, Any]) -> None:
@@ -938,8 +1087,7 @@ def log_line(state: TrainState, record: dict[str, Any]) -> None:
         with open(state.output_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(_json_safe(record)) + "\n")
     if state.args.report_to != "none":
-        state.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
-                              step=record.get("step"))
+        state.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
 
 def _log_progress(state: TrainState, epoch: int) -> None:
@@ -947,11 +1095,21 @@ def _log_progress(state: TrainState, epoch: int) -> None:
     window, accelerator, lr = state.window, state.accelerator, state.scheduler.get_last_lr()[-1]
     elapsed = max(time.perf_counter() - window.start, 1e-9)
     mean_loss = float(accelerator.reduce(window.loss / max(window.batches, 1), "mean"))
-    log_line(state, {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-                     "samples_per_second": window.samples * accelerator.num_processes / elapsed,
-                     "data_wait_share": window.data_wait / elapsed})
-    logger.info(f"step {state.step}/{state.max_steps} epoch {epoch} loss {mean_loss:.6f} "
-                f"lr {lr:.3g} data wait {100 * window.data_wait / elapsed:.0f}%")
+    log_line(
+        state,
+        {
+            "step": state.step,
+            "epoch": epoch,
+            "loss": mean_loss,
+            "lr": lr,
+            "samples_per_second": window.samples * accelerator.num_processes / elapsed,
+            "data_wait_share": window.data_wait / elapsed,
+        },
+    )
+    logger.info(
+        f"step {state.step}/{state.max_steps} epoch {epoch} loss {mean_loss:.6f} "
+        f"lr {lr:.3g} data wait {100 * window.data_wait / elapsed:.0f}%"
+    )
     window.reset()
 
 
@@ -960,8 +1118,12 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor], epoch: int)
     line, checkpoint and evaluation that are due. Returns True when the run has reached its last step."""
     args, accelerator, model = state.args, state.accelerator, state.model
     with accelerator.accumulate(model):
-        outputs = model(pixel_values=batch["pixel_values"], dataset_index=batch["dataset_index"],
-                        labels=batch["labels"], target_weight=batch["target_weight"])
+        outputs = model(
+            pixel_values=batch["pixel_values"],
+            dataset_index=batch["dataset_index"],
+            labels=batch["labels"],
+            target_weight=batch["target_weight"],
+        )
         loss = outputs.loss
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -1054,16 +1216,30 @@ def save(state: TrainState, folder: Path, metrics: Mapping[str, Any], best: bool
         card_metrics = None
         if metrics:
             card_metrics = {head: metrics.get(_set_name(specs, head), {}) for head in export.config.dataset_names}
-        save_model_folder(export, str(folder), model_name=name, metrics=card_metrics, dataset_ids=dataset_ids,
-                          base_model=base_model, training=state.hyper, notes=notes)
+        save_model_folder(
+            export,
+            str(folder),
+            model_name=name,
+            metrics=card_metrics,
+            dataset_ids=dataset_ids,
+            base_model=base_model,
+            training=state.hyper,
+            notes=notes,
+        )
         if not best and len(export.heads) > 1:
             for head in export.config.dataset_names:
                 single = export.single_dataset(head)
                 m = metrics.get(_set_name(specs, head)) if metrics else None
-                save_model_folder(single, str(folder / "per_dataset" / head), model_name=f"{name}-{head}",
-                                  metrics={head: m} if m else None, dataset_ids=dataset_ids, base_model=base_model,
-                                  training=state.hyper,
-                                  notes=[f"Single-dataset export of the `{head}` head (expert merged into the FFN)."])
+                save_model_folder(
+                    single,
+                    str(folder / "per_dataset" / head),
+                    model_name=f"{name}-{head}",
+                    metrics={head: m} if m else None,
+                    dataset_ids=dataset_ids,
+                    base_model=base_model,
+                    training=state.hyper,
+                    notes=[f"Single-dataset export of the `{head}` head (expert merged into the FFN)."],
+                )
         logger.info(f"Saved {'best ' if best else ''}model to {folder}")
     accelerator.wait_for_everyone()
 
@@ -1121,8 +1297,12 @@ def push_folder(output_dir: str | os.PathLike, repo_id: str, token: str | None =
 
     api = HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True, private=private)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=HUB_IGNORE_PATTERNS,
-                             commit_message="vitpose-hf training run")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        ignore_patterns=HUB_IGNORE_PATTERNS,
+        commit_message="vitpose-hf training run",
+    )
     logger.info(f"pushed {output_dir} to {repo_id}")
     return str(info)
 
