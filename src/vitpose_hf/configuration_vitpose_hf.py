@@ -41,7 +41,7 @@ PRESET_SIZES: dict[str, PresetSize] = {
 # Views of PRESET_SIZES kept for importers: size -> (single, ViTPose++) decay, and width -> heads.
 LAYER_DECAY: dict[str, tuple[float, float]] = {k: (p.layer_decay, p.layer_decay_plus) for k, p in PRESET_SIZES.items()}
 HEADS_BY_WIDTH: dict[int, int] = {p.hidden_size: p.num_attention_heads for p in PRESET_SIZES.values()}
-DECODERS = ("classic", "simple")
+DECODERS = ("classic", "simple", "minimal")
 
 
 def preset_size_key(hidden_size: int, num_hidden_layers: int) -> str | None:
@@ -75,9 +75,10 @@ class ViTPoseConfig(PretrainedConfig):
         drop_path_rate: stochastic-depth rate of the last block (linear from 0 over depth).
         num_experts: 1 for a dense FFN; otherwise ViTPose++'s partially shared FFN with one expert per dataset.
         part_features: expert width `p` (fc2 keeps `hidden_size - p` shared channels); `hidden_size // 4` officially.
-        decoder: `"classic"` (2 deconvolutions + 1x1 conv) or `"simple"` (bilinear x4 + 3x3 conv).
+        decoder: `"classic"` (2 deconvolutions + 1x1 conv), `"simple"` (bilinear x4 + 3x3 conv) or `"minimal"`
+            (the paper's decoder ablation: one linear map per token to K x r x r values, pixel shuffle by r).
         deconv_channels: width of the classic decoder's deconvolutions.
-        upsample_factor: bilinear factor of the simple decoder.
+        upsample_factor: bilinear factor of the simple decoder; pixel-shuffle factor r of the minimal decoder.
         datasets: one entry per head, each a built-in dataset name (`"coco"`, `"aic"`, ...) or a metadata dict
             (see `keypoint_metadata`). Stored resolved, so keypoint names, flip pairs, skeleton and OKS sigmas
             travel with the checkpoint.
@@ -148,6 +149,8 @@ class ViTPoseConfig(PretrainedConfig):
             )
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.decoder != "classic" and int(self.upsample_factor) < 1:
+            raise ValueError(f"upsample_factor must be a positive integer, got {self.upsample_factor}")
         if not self.datasets:
             raise ValueError("datasets must name at least one dataset")
         names = [d["name"] for d in self.datasets]
@@ -182,7 +185,7 @@ class ViTPoseConfig(PretrainedConfig):
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
-        """Output heatmap `(height, width)`: 4x the token grid for both decoders."""
+        """Output heatmap `(height, width)`: 4x the token grid (classic), `upsample_factor` x (simple, minimal)."""
         factor = 4 if self.decoder == "classic" else self.upsample_factor
         return tuple(g * factor for g in self.patch_grid)
 

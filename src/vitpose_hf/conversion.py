@@ -112,6 +112,11 @@ def infer_official_config(state_dict: dict[str, torch.Tensor], **overrides: Any)
     fc2_rows = sd["backbone.blocks.0.mlp.fc2.weight"].shape[0]
     if experts and fc2_rows < hidden:
         kwargs.update(num_experts=len(experts), part_features=sd["backbone.blocks.0.mlp.experts.0.weight"].shape[0])
+    if any(re.match(r"heads\.\d+\.proj\.weight$", k) for k in sd):
+        raise ValueError(
+            "the checkpoint has minimal-decoder heads, which official checkpoints do not have: load it with "
+            "ViTPoseForPoseEstimation.from_pretrained"
+        )
     classic = any(k.endswith("deconv_layers.0.weight") for k in sd)
     kwargs["decoder"] = "classic" if classic else "simple"
     if classic:
@@ -330,6 +335,11 @@ def ours_to_transformers(
     """
     if config.patch_padding != 2:
         raise ValueError("transformers' VitPose hard-codes patch padding 2")
+    if config.decoder not in ("classic", "simple"):
+        raise ValueError(
+            f"transformers' VitPose has only the classic and simple decoders; this model's {config.decoder!r} "
+            "decoder cannot be exported (keep it in the vitpose_hf format: save_pretrained)"
+        )
     if config.decoder == "classic" and config.deconv_channels != 256:
         raise ValueError("transformers' classic decoder hard-codes 256 deconvolution channels")
     k = config.dataset_to_index(dataset)

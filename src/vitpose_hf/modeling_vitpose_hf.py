@@ -627,6 +627,28 @@ class ViTPoseSimpleHead(nn.Module):
         return self.final_layer(up)
 
 
+class ViTPoseMinimalHead(nn.Module):
+    """Minimal decoder (the paper's decoder ablation): one linear map per token to K x r x r values, then pixel
+    shuffle by r. `(B, C, h, w)` -> `(B, K, r*h, r*w)`; output pixel `(r*i + a, r*j + b)` of keypoint k is value
+    `k*r*r + a*r + b` of token `(i, j)`."""
+
+    def __init__(self, config: ViTPoseConfig, num_keypoints: int) -> None:
+        super().__init__()
+        self.upsample_factor = int(config.upsample_factor)
+        self.proj = nn.Linear(config.hidden_size, num_keypoints * self.upsample_factor**2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        values = self.proj(features.permute(0, 2, 3, 1))  # (B, h, w, K*r*r)
+        return F.pixel_shuffle(values.permute(0, 3, 1, 2), self.upsample_factor)
+
+
+HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    "classic": ViTPoseClassicHead,
+    "simple": ViTPoseSimpleHead,
+    "minimal": ViTPoseMinimalHead,
+}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pose model
 # ----------------------------------------------------------------------------------------------------------------
@@ -654,8 +676,7 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
     def __init__(self, config: ViTPoseConfig) -> None:
         super().__init__(config)
         self.backbone = ViTPoseModel(config)
-        head_class = ViTPoseClassicHead if config.decoder == "classic" else ViTPoseSimpleHead
-        self.heads = nn.ModuleList(head_class(config, k) for k in config.num_keypoints)
+        self.heads = nn.ModuleList(HEAD_CLASSES[config.decoder](config, k) for k in config.num_keypoints)
         self.post_init()
 
     def forward(
@@ -831,6 +852,7 @@ __all__ = [
     "DatasetRouting",
     "ViTPoseEstimatorOutput",
     "ViTPoseForPoseEstimation",
+    "ViTPoseMinimalHead",
     "ViTPoseModel",
     "ViTPoseModelOutput",
     "ViTPosePreTrainedModel",

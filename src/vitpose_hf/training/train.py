@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitpose_hf.configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
+from vitpose_hf.configuration_vitpose_hf import DECODERS, LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
 from vitpose_hf.conversion import adapt_model, load_vit_backbone
 from vitpose_hf.data.hub_dataset import (
     BAD_STATUSES,
@@ -72,6 +72,7 @@ __all__ = [
     "files_to_push",
     "find_checkpoint",
     "finish",
+    "freeze_parameters",
     "main",
     "make_processor",
     "maybe_evaluate",
@@ -115,7 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--config_overrides", help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"'
     )
-    m.add_argument("--decoder", choices=["classic", "simple"], default="classic", help="heatmap decoder for new models")
+    m.add_argument(
+        "--decoder",
+        choices=list(DECODERS),
+        default="classic",
+        help="heatmap decoder for new models (minimal: linear per token + pixel shuffle, the paper's ablation)",
+    )
     m.add_argument(
         "--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="input size of new models (256 192)"
     )
@@ -127,6 +133,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--part_features", type=int, help="expert width (default hidden_size / 4)")
     m.add_argument("--drop_path_rate", type=float, help="stochastic depth (default: per size, or the checkpoint's)")
+    m.add_argument(
+        "--freeze",
+        action="append",
+        choices=list(FREEZE_PARTS),
+        default=[],
+        help="keep these weights fixed (repeatable): attn = every block's attention (qkv, proj), ffn = every block's "
+        "FFN (fc1, fc2, experts), backbone = the whole encoder (only the heads train)",
+    )
+    m.add_argument(
+        "--freeze_blocks",
+        "--freeze-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the patch embedding, position embedding and the first N blocks fixed",
+    )
 
     d = parser.add_argument_group("data")
     d.add_argument(
@@ -331,6 +353,43 @@ class TrainingProgress:
 # Models: from a checkpoint, a size preset or a config (MAE / ViT initialisation and new heads or experts: the
 # checkpoint surgery of `conversion`)
 # ---------------------------------------------------------------------------------------------------------------
+FREEZE_PARTS = ("attn", "ffn", "backbone")
+
+
+def freeze_parameters(model: ViTPoseForPoseEstimation, parts: Sequence[str] = (), first_blocks: int = 0) -> list[str]:
+    """Set ``requires_grad=False`` on the chosen weights (`FREEZE_PARTS`, and the embeddings plus the first
+    ``first_blocks`` blocks); returns the frozen names. Frozen weights get no optimiser state and no weight decay.
+
+    The norms in front of attention and FFN (norm1, norm2) stay trainable, as in the paper's MHSA / FFN ablation.
+    """
+    unknown = sorted(set(parts) - set(FREEZE_PARTS))
+    if unknown:
+        raise ValueError(f"unknown --freeze part(s) {unknown}; choose from {list(FREEZE_PARTS)}")
+    depth = model.config.num_hidden_layers
+    if not 0 <= first_blocks <= depth:
+        raise ValueError(f"--freeze_blocks must be in 0..{depth} (the encoder's depth), got {first_blocks}")
+    frozen = []
+    for name, param in model.named_parameters():
+        inner = name.removeprefix("backbone.")
+        block = int(inner.split(".")[1]) if inner.startswith("blocks.") else None
+        module = inner.split(".")[2] if block is not None else None
+        if (
+            ("backbone" in parts and name.startswith("backbone."))
+            or ("attn" in parts and module == "attn")
+            or ("ffn" in parts and module == "mlp")
+            or (first_blocks and inner.startswith(("patch_embed.", "pos_embed")) and name.startswith("backbone."))
+            or (block is not None and block < first_blocks)
+        ):
+            param.requires_grad_(False)
+            frozen.append(name)
+    if frozen:
+        logger.info(
+            f"frozen: {len(frozen)} tensors ({sum(p.numel() for p in model.parameters() if not p.requires_grad)} "
+            "weights)"
+        )
+    return frozen
+
+
 def set_drop_path(model: ViTPoseForPoseEstimation, rate: float) -> None:
     """Set the stochastic-depth rate (linear from 0 at block 0 to ``rate`` at the last block)."""
     model.config.drop_path_rate = float(rate)
@@ -365,8 +424,7 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
     else:
         if args.model_size:
             preset = f"vitpose{'-plus' if want_experts else ''}-{args.model_size}"
-            preset += "-simple" if args.decoder == "simple" else ""
-            kwargs: dict[str, Any] = {"datasets": layouts}
+            kwargs: dict[str, Any] = {"datasets": layouts, "decoder": args.decoder}
             if want_experts:
                 kwargs["num_experts"] = len(layouts)
             if args.image_size:
@@ -401,6 +459,7 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
             load_vit_backbone(model, args.init_from, args.cache_dir)
     if args.drop_path_rate is not None:
         set_drop_path(model, args.drop_path_rate)
+    freeze_parameters(model, getattr(args, "freeze", None) or (), getattr(args, "freeze_blocks", 0) or 0)
     return model
 
 
@@ -1029,6 +1088,10 @@ def setup(args: argparse.Namespace) -> TrainState:
         "augmentation": "official" if augment.enabled else "none",
         "seed": args.seed,
     }
+    if args.freeze or args.freeze_blocks:
+        hyper["frozen"] = ", ".join(
+            [*args.freeze, *([f"first {args.freeze_blocks} blocks"] if args.freeze_blocks else [])]
+        )
     if accelerator.is_main_process:
         with open(output_dir / "training_args.json", "w", encoding="utf-8") as f:
             json.dump(_json_safe(vars(args)), f, indent=2)

@@ -1,0 +1,223 @@
+"""Issue 15: the minimal decoder, partial fine-tuning (freezing flags), distillation and MAE pre-training.
+
+Tiny models (width 32, 2 layers) and synthetic figures (`vitpose_hf.testing`); every run is a few dozen CPU steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vitpose_hf import ViTPoseConfig, ViTPoseForPoseEstimation
+from vitpose_hf.data.hub_dataset import write_layout
+from vitpose_hf.keypoint_metadata import get_dataset_info
+from vitpose_hf.testing import SYNTHETIC_FIGURE_LAYOUT, synthetic_keypoint_dataset
+from vitpose_hf.training import train as train_module
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=(64, 48), patch_size=8)
+TINY_OVERRIDES = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,patch_size=8,deconv_channels=32"
+
+
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run_training(argv: list[str]) -> int:
+    reset_accelerate()
+    return train_module.main(argv)
+
+
+def train_args(output_dir: Path, data: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "--model_size",
+        "s",
+        "--config_overrides",
+        TINY_OVERRIDES,
+        "--image_size",
+        "64",
+        "48",
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--max_train_steps",
+        str(steps),
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--warmup_steps",
+        "0",
+        "--no_augmentation",
+        "--seed",
+        "0",
+        *extra,
+    ]
+
+
+def losses(output_dir: Path) -> list[float]:
+    log = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in log if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory) -> Path:
+    """40 training images of drawn figures (9 keypoints), no validation split."""
+    path = tmp_path_factory.mktemp("figures") / "hub"
+    datasets.DatasetDict({"train": synthetic_keypoint_dataset(num_images=40, seed=0)}).save_to_disk(str(path))
+    write_layout(get_dataset_info(SYNTHETIC_FIGURE_LAYOUT), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# minimal decoder
+# ---------------------------------------------------------------------------------------------------------------
+def test_minimal_decoder_gives_quarter_resolution_heatmaps():
+    """Patch 16 with padding 2: a 256x192 crop gives 16x12 tokens and (B, K, H/4, W/4) heatmaps, as the others."""
+    config = ViTPoseConfig(**{**TINY, "patch_size": 16, "image_size": (256, 192)}, decoder="minimal", datasets=["aic"])
+    model = ViTPoseForPoseEstimation(config).eval()
+    with torch.no_grad():
+        heatmaps = model(torch.randn(2, 3, 256, 192)).heatmaps
+    assert heatmaps.shape == (2, 14, 64, 48)
+    assert tuple(config.heatmap_size) == (64, 48)
+    # the head is one linear map per token and nothing else
+    head = model.heads[0]
+    assert [type(m).__name__ for m in head.modules()] == ["ViTPoseMinimalHead", "Linear"]
+    assert head.proj.weight.shape == (14 * 16, 32)
+
+
+def test_minimal_decoder_layout_is_the_pixel_shuffle_formula():
+    """Heatmap pixel (r*i + a, r*j + b) of keypoint k = entry k*r*r + a*r + b of W @ token(i, j) + bias
+    (PyTorch's pixel shuffle order), computed here token by token with plain loops."""
+    config = ViTPoseConfig(**TINY, decoder="minimal", upsample_factor=3, datasets=["mpii"])
+    head = ViTPoseForPoseEstimation(config).heads[0]
+    torch.manual_seed(0)
+    features = torch.randn(2, 32, 4, 5)
+    with torch.no_grad():
+        out = head(features)
+    r, K = 3, 16
+    assert out.shape == (2, K, 12, 15)
+    weight, bias = head.proj.weight.detach().numpy(), head.proj.bias.detach().numpy()
+    f = features.numpy()
+    expected = np.zeros((2, K, 12, 15), dtype=np.float64)
+    for n in range(2):
+        for i in range(4):
+            for j in range(5):
+                values = weight.astype(np.float64) @ f[n, :, i, j] + bias
+                for k in range(K):
+                    for a in range(r):
+                        for b in range(r):
+                            expected[n, k, r * i + a, r * j + b] = values[k * r * r + a * r + b]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_minimal_decoder_save_load_round_trip_is_exact(tmp_path):
+    config = ViTPoseConfig(**TINY, decoder="minimal", datasets=["coco"])
+    torch.manual_seed(1)
+    model = ViTPoseForPoseEstimation(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.decoder == "minimal" and loaded.config.upsample_factor == 4
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x).heatmaps, loaded(x).heatmaps)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_minimal_decoder_is_refused_by_the_transformers_export(tmp_path):
+    from vitpose_hf.cli.convert import export_transformers
+
+    model = ViTPoseForPoseEstimation(ViTPoseConfig(**{**TINY, "patch_size": 16}, decoder="minimal"))
+    with pytest.raises(ValueError, match="minimal"):
+        export_transformers(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_minimal_decoder_trains_with_the_training_script(figures, tmp_path):
+    """60 steps of `vitpose-hf train --decoder minimal` (constant lr): the loss falls below that of predicting all
+    zeros, pi * sigma^2 / (H * W) per keypoint (the energy of a unit Gaussian of sigma 2 on the 32x24 heatmap), which
+    an untrained head is above."""
+    out = tmp_path / "minimal"
+    extra = ("--decoder", "minimal", "--learning_rate", "3e-3", "--lr_steps", "1000", "--lr_step_unit", "step")
+    assert run_training(train_args(out, figures, 60, *extra)) == 0
+    values = losses(out)
+    zero_prediction = np.pi * 2.0**2 / (32 * 24)
+    assert len(values) == 60
+    assert values[0] > zero_prediction
+    assert np.mean(values[-5:]) < 0.8 * zero_prediction, (values[0], values[-5:], zero_prediction)
+    saved = load_file(out / "model.safetensors")
+    assert saved["heads.0.proj.weight"].shape == (9 * 16, 32)
+    assert ViTPoseForPoseEstimation.from_pretrained(out).config.decoder == "minimal"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# partial fine-tuning
+# ---------------------------------------------------------------------------------------------------------------
+def _is_attn(name: str) -> bool:
+    return name.startswith("backbone.blocks.") and name.split(".")[3] == "attn"
+
+
+def _is_ffn(name: str) -> bool:
+    return name.startswith("backbone.blocks.") and name.split(".")[3] == "mlp"
+
+
+def _in_first_block_or_embedding(name: str) -> bool:
+    return name.startswith(("backbone.patch_embed.", "backbone.pos_embed", "backbone.blocks.0."))
+
+
+@pytest.mark.parametrize(
+    "flags,is_frozen",
+    [
+        (["--freeze", "attn"], _is_attn),
+        (["--freeze", "ffn"], _is_ffn),
+        (["--freeze", "backbone"], lambda n: n.startswith("backbone.")),
+        (["--freeze-blocks", "1"], _in_first_block_or_embedding),
+        (["--freeze", "attn", "--freeze", "ffn"], lambda n: _is_attn(n) or _is_ffn(n)),
+    ],
+    ids=["attn", "ffn", "backbone", "first_block", "attn+ffn"],
+)
+def test_frozen_weights_stay_bit_identical_and_the_others_move(figures, tmp_path, flags, is_frozen):
+    """4 optimiser steps (weight decay on) from a saved tiny model: the frozen tensors (chosen by name here) equal
+    the start bit for bit, every other parameter changed."""
+    config = ViTPoseConfig(**TINY, deconv_channels=32, datasets=[SYNTHETIC_FIGURE_LAYOUT])
+    torch.manual_seed(0)
+    ViTPoseForPoseEstimation(config).save_pretrained(tmp_path / "start")
+    start = load_file(tmp_path / "start" / "model.safetensors")
+    out = tmp_path / "run"
+    argv = train_args(out, figures, 4, "--learning_rate", "1e-3", *flags)
+    argv[: argv.index("--image_size") + 3] = ["--model_name_or_path", str(tmp_path / "start")]
+    assert run_training(argv) == 0
+    end = load_file(out / "model.safetensors")
+    params = [n for n, _ in ViTPoseForPoseEstimation(config).named_parameters()]
+    frozen = [n for n in params if is_frozen(n)]
+    assert frozen and len(frozen) < len(params)
+    for name in params:
+        if is_frozen(name):
+            assert torch.equal(end[name], start[name]), f"{name} is frozen but changed"
+        else:
+            assert not torch.equal(end[name], start[name]), f"{name} is trainable but did not move"
+
+
+def test_freeze_flags_reject_bad_values():
+    model = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY))
+    with pytest.raises(ValueError, match="freeze_blocks must be in 0..2"):
+        train_module.freeze_parameters(model, (), 3)
+    with pytest.raises(ValueError, match="unknown --freeze part"):
+        train_module.freeze_parameters(model, ("mhsa",), 0)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(SystemExit):
+        train_module.parse_args(["--dataset_name", "x", "--output_dir", "y", "--freeze", "mhsa"])
+    args = train_module.parse_args(["--dataset_name", "x", "--output_dir", "y", "--freeze-blocks", "2"])
+    assert args.freeze_blocks == 2 and args.freeze == []
