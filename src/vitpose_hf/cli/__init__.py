@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("vitpose_hf.cli.predict", "estimate poses on images, folders of frames or videos"),
     "eval": ("vitpose_hf.cli.evaluate", "evaluate a model on a COCO-format or Hub dataset"),
     "train": ("vitpose_hf.training.train", "train or fine-tune with Accelerate"),
+    "distill": ("vitpose_hf.training.distill", "train a student from a frozen teacher's heatmaps"),
     "convert": ("vitpose_hf.cli.convert", "convert official .pth or transformers checkpoints"),
     "convert-dataset": ("vitpose_hf.data.hub_dataset", "turn a COCO keypoint json and images into a Hub dataset"),
 }

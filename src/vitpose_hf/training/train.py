@@ -967,6 +967,8 @@ class TrainState:
     skip_batches: int = 0  # batches of start_epoch already trained (resume)
     last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
     last_eval_step: int = -1
+    # (state, batch, student outputs) -> loss; None = the model's GT loss (distillation sets its own)
+    loss_fn: Any = None
 
     @property
     def step(self) -> int:
@@ -1187,7 +1189,7 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor], epoch: int)
             labels=batch["labels"],
             target_weight=batch["target_weight"],
         )
-        loss = outputs.loss
+        loss = outputs.loss if state.loss_fn is None else state.loss_fn(state, batch, outputs)
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
