@@ -15,6 +15,7 @@ from .configuration_vitpose_hf import ViTPoseConfig
 from .image_processing_vitpose_hf import ViTPoseImageProcessor
 from .inference.detection import ObjectDetector
 from .inference.drawing import draw
+from .inference.export import export
 from .inference.pipeline import PoseEstimationPipeline, pipeline  # registers the "pose-estimation" task
 from .keypoint_metadata import KEYPOINT_DATASETS, VITPOSE_PLUS_DATASETS, get_dataset_info, list_datasets
 from .modeling_vitpose_hf import (
@@ -51,6 +52,7 @@ __all__ = [
     "PoseEstimationPipeline",
     "pipeline",
     "draw",
+    "export",
     "ObjectDetector",
     "KEYPOINT_DATASETS",
     "VITPOSE_PLUS_DATASETS",
