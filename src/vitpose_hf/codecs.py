@@ -15,7 +15,6 @@ Heatmaps may be any float dtype on any device; work is done in float32 (float64 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -108,9 +107,11 @@ _DARK_DIFFERENCES = [
 ]
 
 
-@functools.lru_cache(maxsize=32)
 def _dark_constants(blur_kernel_size: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(blur band, window offsets, neighbour steps, difference matrix, Hessian eps), once per kernel / device.
+    """(blur band, window offsets, neighbour steps, difference matrix, Hessian eps).
+
+    Built on every call (a few hundred numbers): a cache would be global state, and one filled while tracing
+    (torch.export / compile) would hold fake tensors.
 
     The band is the ``(k + 2, 3)`` matrix whose column j holds the blur kernel shifted by j: a window of
     ``k + 2`` pixels times the band gives the blurred values at the 3 neighbouring positions.

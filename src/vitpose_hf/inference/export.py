@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitpose_hf.codecs import _dark_constants, refine_keypoints_dark_udp, refine_keypoints_quarter_offset
+from vitpose_hf.codecs import refine_keypoints_dark_udp, refine_keypoints_quarter_offset
 from vitpose_hf.geometry import crop_to_image
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,6 @@ class DecodingGraph(HeatmapGraph):
         super().__init__(model)
         config = model.config
         self.blur_kernel_size = blur_kernel_size
-        # fill the codec's constant cache now: filled while tracing it would hold fake tensors
-        _dark_constants(blur_kernel_size, torch.float32, torch.device("cpu"))
         self.input_size = tuple(config.image_size)
         h, w = config.heatmap_size
         H, W = self.input_size
