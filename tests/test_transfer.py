@@ -290,3 +290,109 @@ def test_distill_is_a_cli_command_and_checks_the_teacher(tmp_path):
     wide.save_pretrained(tmp_path / "wide")
     with pytest.raises(ValueError, match="same resolution"):
         distill.load_teacher(str(tmp_path / "wide"), student, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# knowledge-token distillation
+# ---------------------------------------------------------------------------------------------------------------
+def test_knowledge_token_is_appended_after_the_position_embedding_and_dropped_before_the_last_norm():
+    """The encoder with a token equals this hand-written forward: patch tokens + position embedding, the token
+    concatenated last, the blocks, the token dropped, the last norm (the paper's token-based distillation)."""
+    config = ViTPoseConfig(**TINY, knowledge_token=True)
+    torch.manual_seed(0)
+    model = ViTPoseForPoseEstimation(config).eval()
+    enc = model.backbone
+    assert enc.knowledge_token.shape == (1, 1, 32)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        tokens = enc.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (2, 8*6, 32)
+        tokens = tokens + enc.pos_embed[:, 1:] + enc.pos_embed[:, :1]
+        tokens = torch.cat([tokens, enc.knowledge_token.expand(2, 1, 32)], dim=1)
+        for block in enc.blocks:
+            tokens = block(tokens, None)[0]
+        expected = enc.last_norm(tokens[:, :48])
+        out = enc(x, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 48, 32) and out.feature_maps.shape == (2, 32, 8, 6)
+    assert out.hidden_states[-1].shape == (2, 49, 32)
+    torch.testing.assert_close(out.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_knowledge_token_two_stages(figures, tmp_path, monkeypatch):
+    """Stage 1 on a saved tiny teacher: only the token moves (every other tensor, BatchNorm statistics included,
+    is bit-identical). Stage 2: the student trains with a bit-identical copy of that token. The saved student
+    reloads with identical outputs, and its token changes the output compared with the same weights without it."""
+    from vitpose_hf.training import distill
+
+    config = ViTPoseConfig(**TINY, deconv_channels=32, datasets=[SYNTHETIC_FIGURE_LAYOUT])
+    torch.manual_seed(0)
+    ViTPoseForPoseEstimation(config).save_pretrained(tmp_path / "teacher")
+    start = load_file(tmp_path / "teacher" / "model.safetensors")
+    drawn = {}
+    original = distill.token_only
+
+    def recording(model):
+        original(model)
+        drawn["token"] = model.backbone.knowledge_token.detach().clone()
+
+    monkeypatch.setattr(distill, "token_only", recording)
+    stage1 = tmp_path / "stage1"
+    argv = train_args(stage1, figures, 4, "--learning_rate", "1e-2")
+    argv[: argv.index("--image_size") + 3] = []  # no student options in stage 1
+    assert run_distill([*argv, "--token_stage", "1", "--teacher", str(tmp_path / "teacher")]) == 0
+    end = load_file(stage1 / "model.safetensors")
+    assert set(end) == set(start) | {"backbone.knowledge_token"}
+    for name, tensor in start.items():
+        assert torch.equal(end[name], tensor), f"{name} changed in stage 1"
+    assert not torch.equal(end["backbone.knowledge_token"], drawn["token"]), "the token did not train"
+    assert ViTPoseForPoseEstimation.from_pretrained(stage1).config.knowledge_token is True
+
+    stage2 = tmp_path / "stage2"
+    argv = train_args(stage2, figures, 4, "--learning_rate", "1e-3", "--token_stage", "2", "--token_from", str(stage1))
+    assert run_distill(argv) == 0
+    student_state = load_file(stage2 / "model.safetensors")
+    assert torch.equal(student_state["backbone.knowledge_token"], end["backbone.knowledge_token"])
+    student = ViTPoseForPoseEstimation.from_pretrained(stage2).eval()
+    assert student.config.knowledge_token is True
+    assert not torch.equal(
+        student_state["backbone.blocks.0.attn.qkv.weight"], start["backbone.blocks.0.attn.qkv.weight"]
+    )
+
+    student.save_pretrained(tmp_path / "again")
+    again = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "again").eval()
+    plain_config = ViTPoseConfig(**{**student.config.to_dict(), "knowledge_token": False})
+    plain = ViTPoseForPoseEstimation(plain_config).eval()
+    plain.load_state_dict({k: v for k, v in student.state_dict().items() if "knowledge_token" not in k}, strict=True)
+    x = held_out_crops()
+    with torch.no_grad():
+        with_token = student(x).heatmaps
+        assert torch.equal(again(x).heatmaps, with_token)
+        difference = (plain(x).heatmaps - with_token).abs().max()
+    assert difference > 1e-4 * with_token.abs().max(), float(difference)
+
+
+def test_knowledge_token_options_and_width_are_checked(tmp_path):
+    from vitpose_hf.conversion import ours_to_transformers
+    from vitpose_hf.training import distill
+
+    model = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY))
+    with pytest.raises(ValueError, match="width 16 but the student has width 32"):
+        distill.student_with_token(torch.zeros(1, 1, 16))(model)
+    assert model.backbone.knowledge_token is None and model.config.knowledge_token is False
+    with pytest.raises(ValueError, match="shape \\(1, 1, 32\\)"):
+        model.backbone.add_knowledge_token(torch.zeros(1, 2, 32))
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="has no knowledge token"):
+        distill.load_knowledge_token(str(tmp_path / "plain"))
+    base = ["--dataset_name", "x", "--output_dir", "y"]
+    for extra, message in [
+        (["--token_stage", "1"], "give --teacher"),
+        (["--token_stage", "1", "--teacher", "t", "--model_size", "s"], "drop the student options"),
+        (["--token_stage", "2", "--model_size", "s"], "needs --token_from"),
+        (["--model_size", "s", "--token_from", "p"], "is for --token_stage 2"),
+        (["--model_size", "s"], "output distillation needs --teacher"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            distill.run(distill.parse_args([*base, *extra]))
+    token_model = ViTPoseForPoseEstimation(ViTPoseConfig(**{**TINY, "patch_size": 16}, knowledge_token=True))
+    with pytest.raises(ValueError, match="no knowledge token"):
+        ours_to_transformers(token_model.config, token_model.state_dict())

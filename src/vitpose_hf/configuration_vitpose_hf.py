@@ -83,6 +83,8 @@ class ViTPoseConfig(PretrainedConfig):
             (see `keypoint_metadata`). Stored resolved, so keypoint names, flip pairs, skeleton and OKS sigmas
             travel with the checkpoint.
         interpolate_pos_encoding: allow inputs of another size by bicubic interpolation of the position embedding.
+        knowledge_token: the encoder has a learnable `(1, 1, C)` token appended after the position embedding and
+            dropped before the last norm (the paper's token-based distillation); it is not in the feature map.
     """
 
     model_type = "vitpose_hf"
@@ -111,6 +113,7 @@ class ViTPoseConfig(PretrainedConfig):
         upsample_factor: int = 4,
         datasets: list[str | dict] | None = None,
         interpolate_pos_encoding: bool = False,
+        knowledge_token: bool = False,
         **kwargs: Any,
     ) -> None:
         if isinstance(image_size, int):
@@ -137,6 +140,7 @@ class ViTPoseConfig(PretrainedConfig):
         self.upsample_factor = upsample_factor
         self.datasets = [get_dataset_info(d) for d in (datasets if datasets is not None else ["coco"])]
         self.interpolate_pos_encoding = interpolate_pos_encoding
+        self.knowledge_token = bool(knowledge_token)
         super().__init__(**kwargs)
         self._validate()
 

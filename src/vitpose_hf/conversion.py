@@ -340,6 +340,11 @@ def ours_to_transformers(
             f"transformers' VitPose has only the classic and simple decoders; this model's {config.decoder!r} "
             "decoder cannot be exported (keep it in the vitpose_hf format: save_pretrained)"
         )
+    if getattr(config, "knowledge_token", False):
+        raise ValueError(
+            "transformers' VitPose has no knowledge token; this model's cannot be exported "
+            "(keep it in the vitpose_hf format: save_pretrained)"
+        )
     if config.decoder == "classic" and config.deconv_channels != 256:
         raise ValueError("transformers' classic decoder hard-codes 256 deconvolution channels")
     k = config.dataset_to_index(dataset)

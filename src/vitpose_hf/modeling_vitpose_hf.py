@@ -399,6 +399,8 @@ class ViTPosePreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, ViTPoseModel):
             init.trunc_normal_(module.pos_embed, std=std)
+            if module.knowledge_token is not None:
+                init.trunc_normal_(module.knowledge_token, std=std)
 
     def route(
         self,
@@ -416,12 +418,16 @@ class ViTPosePreTrainedModel(PreTrainedModel):
     # ---- training hooks (timm style), used by the training script ---------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay: 1-D tensors (biases, norms) and the position embedding."""
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or "pos_embed" in n}
+        return {
+            n
+            for n, p in self.named_parameters()
+            if p.ndim <= 1 or n.endswith(".bias") or "pos_embed" in n or "knowledge_token" in n
+        }
 
     def layer_id(self, name: str) -> int:
         """Layer of a parameter for layer-wise lr decay: 0 embeddings, i + 1 block i, depth + 1 the rest."""
         name = name.removeprefix(f"{self.base_model_prefix}.")
-        if name.startswith(("pos_embed", "patch_embed", "cls_token")):
+        if name.startswith(("pos_embed", "patch_embed", "cls_token", "knowledge_token")):
             return 0
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
@@ -501,7 +507,25 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
         self.blocks = nn.ModuleList(ViTPoseBlock(config, rate) for rate in rates)
         self.last_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # the paper's knowledge token (token-based distillation): one extra token after the patch tokens
+        if config.knowledge_token:
+            self.knowledge_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        else:
+            self.register_parameter("knowledge_token", None)
         self.post_init()
+
+    def add_knowledge_token(self, token: torch.Tensor | None = None) -> nn.Parameter:
+        """Give the encoder a knowledge token (sets `config.knowledge_token`): a copy of `token` `(1, 1, C)`, or a
+        new one drawn as at init. Returns the parameter."""
+        width = self.config.hidden_size
+        if token is None:
+            token = torch.empty(1, 1, width, device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+            nn.init.trunc_normal_(token, std=self.config.initializer_range)
+        if tuple(token.shape) != (1, 1, width):
+            raise ValueError(f"a knowledge token of this encoder has shape (1, 1, {width}), got {tuple(token.shape)}")
+        self.knowledge_token = nn.Parameter(token.detach().clone().to(self.pos_embed.device, self.pos_embed.dtype))
+        self.config.knowledge_token = True
+        return self.knowledge_token
 
     def position_embedding(self, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
         """`(1, h*w, C)` position embedding for a token grid, slot 0 folded in."""
@@ -547,7 +571,8 @@ class ViTPoseModel(ViTPosePreTrainedModel):
                 experts than datasets).
 
         Returns:
-            tokens `(B, N, C)` and the feature map `(B, C, h, w)`.
+            tokens `(B, N, C)` and the feature map `(B, C, h, w)`. With a knowledge token, `hidden_states` and
+            `attentions` include it (last position); `last_hidden_state` and the feature map do not.
         """
         reject_unknown_kwargs(kwargs)
         check_pixel_values(pixel_values, self.config.num_channels)
@@ -565,6 +590,9 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         x, grid = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
         pos = self.position_embedding(grid, interpolate)
         x = self.pos_drop(x.to(pos.dtype) + pos)  # the residual stream keeps the parameters' dtype under autocast
+        num_patches = x.shape[1]
+        if self.knowledge_token is not None:
+            x = torch.cat([x, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for block in self.blocks:
@@ -573,6 +601,8 @@ class ViTPoseModel(ViTPosePreTrainedModel):
                 hidden_states += (x,)
             if output_attentions:
                 attentions += (attn,)
+        if self.knowledge_token is not None:
+            x = x[:, :num_patches]
         x = self.last_norm(x)
         feature_maps = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
         if not return_dict:

@@ -5,6 +5,15 @@ The training script's run (same options, data, schedule, checkpoints, saving) wi
 MSE between the student's heatmaps and the teacher's heatmaps of the same crops at the same resolution. Teacher and
 student may differ in size and may be ViTPose++ models: each student head reads the teacher's head of the same
 dataset name (or ``--teacher_dataset`` for all of them).
+
+Knowledge-token distillation (the paper's token-based distillation), ``--token_stage``:
+
+* stage 1 (``--token_stage 1 --teacher T``): T, frozen and in eval mode, gets a learnable ``(1, 1, C)`` token
+  appended to its patch tokens; only the token trains, on the GT pose loss. The output folder is T with the token.
+* stage 2 (``--token_stage 2 --token_from STAGE1``): the student gets a copy of that token, frozen, and trains with
+  it (GT loss, plus output distillation when ``--teacher`` is given). Its config records ``knowledge_token``, so
+  ``from_pretrained`` restores it and inference uses it. The token must have the student's width: teacher and
+  student of different widths are refused (the paper does not say how a token would cross widths).
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +29,16 @@ import torch
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 from vitpose_hf.training import train as train_module
 
-__all__ = ["add_arguments", "main", "parse_args", "run", "teacher_head_map"]
+__all__ = [
+    "add_arguments",
+    "load_knowledge_token",
+    "main",
+    "parse_args",
+    "run",
+    "student_with_token",
+    "teacher_head_map",
+    "token_only",
+]
 
 logger = logging.getLogger("vitpose_hf.training.distill")
 
@@ -29,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training script's options plus the teacher's."""
     train_module.add_arguments(parser)
     t = parser.add_argument_group("distillation")
-    t.add_argument("--teacher", required=True, help="teacher checkpoint (folder or Hub id), kept frozen in eval mode")
+    t.add_argument("--teacher", help="teacher checkpoint (folder or Hub id), kept frozen in eval mode")
     t.add_argument(
         "--teacher_dataset",
         "--teacher-dataset",
@@ -37,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--distill_weight", "--distill-weight", type=float, default=1.0, help="weight of the teacher loss")
     t.add_argument("--gt_weight", "--gt-weight", type=float, default=1.0, help="weight of the ground-truth loss")
+    t.add_argument(
+        "--token_stage",
+        "--token-stage",
+        type=int,
+        choices=(1, 2),
+        help="knowledge-token distillation: 1 trains a token on the frozen --teacher; 2 trains the student with the "
+        "frozen token of --token_from",
+    )
+    t.add_argument("--token_from", "--token-from", help="stage-1 output (folder or Hub id) whose token stage 2 uses")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,20 +122,76 @@ def make_loss(teacher: ViTPoseForPoseEstimation, head_map: Sequence[int], gt_wei
     return loss_fn
 
 
+def token_only(model: ViTPoseForPoseEstimation) -> None:
+    """Stage 1: freeze every weight of the teacher and give it a new trainable knowledge token."""
+    if model.config.knowledge_token:
+        raise ValueError("the stage-1 teacher already has a knowledge token")
+    model.requires_grad_(False)
+    model.backbone.add_knowledge_token().requires_grad_(True)
+
+
+def load_knowledge_token(path: str, cache_dir: str | None = None) -> torch.Tensor:
+    """The `(1, 1, C)` token of a stage-1 checkpoint; ValueError when it has none."""
+    source = ViTPoseForPoseEstimation.from_pretrained(path, cache_dir=cache_dir)
+    if source.backbone.knowledge_token is None:
+        raise ValueError(f"{path} has no knowledge token: pass the output folder of --token_stage 1")
+    return source.backbone.knowledge_token.detach().clone()
+
+
+def student_with_token(token: torch.Tensor) -> Callable[[ViTPoseForPoseEstimation], None]:
+    """Stage 2: the student gets a frozen copy of ``token``; ValueError when the widths differ."""
+
+    def prepare(model: ViTPoseForPoseEstimation) -> None:
+        width = model.config.hidden_size
+        if token.shape[-1] != width:
+            raise ValueError(
+                f"the knowledge token has width {token.shape[-1]} but the student has width {width}: token "
+                "distillation needs a teacher of the student's width (use output distillation across widths)"
+            )
+        model.backbone.add_knowledge_token(token).requires_grad_(False)
+
+    return prepare
+
+
+def _check_token_args(args: argparse.Namespace) -> None:
+    if args.token_stage == 1:
+        if not args.teacher:
+            raise ValueError("--token_stage 1 trains a token on a teacher: give --teacher")
+        if args.token_from or args.model_name_or_path or args.model_size or args.config_name or args.init_from:
+            raise ValueError("--token_stage 1 trains only a token on --teacher: drop the student options")
+    elif args.token_stage == 2:
+        if not args.token_from:
+            raise ValueError("--token_stage 2 needs --token_from (the output folder of --token_stage 1)")
+    elif args.token_from:
+        raise ValueError("--token_from is for --token_stage 2")
+    elif not args.teacher:
+        raise ValueError("output distillation needs --teacher")
+
+
 def run(args: argparse.Namespace) -> int:
     """Distil; returns 0. Raises ValueError for bad options, data or a teacher that does not fit."""
-    state = train_module.setup(args)
-    student = state.accelerator.unwrap_model(state.model)
-    teacher = load_teacher(args.teacher, student, state.accelerator.device)
-    head_map = teacher_head_map(student, teacher, args.teacher_dataset)
-    state.loss_fn = make_loss(teacher, head_map, args.gt_weight, args.distill_weight)
-    state.hyper.update(teacher=args.teacher, **{"distill weight": args.distill_weight, "GT weight": args.gt_weight})
-    logger.info(
-        f"distilling from {args.teacher} (heads {head_map}), GT weight {args.gt_weight}, "
-        f"teacher weight {args.distill_weight}"
-    )
+    _check_token_args(args)
+    prepare = None
+    if args.token_stage == 1:
+        args.model_name_or_path, prepare = args.teacher, token_only
+    elif args.token_stage == 2:
+        prepare = student_with_token(load_knowledge_token(args.token_from, args.cache_dir))
+    state = train_module.setup(args, prepare)
+    if args.token_stage:
+        state.hyper["knowledge token"] = "stage 1 (teacher frozen)" if args.token_stage == 1 else args.token_from
+    if args.teacher and args.token_stage != 1:
+        student = state.accelerator.unwrap_model(state.model)
+        teacher = load_teacher(args.teacher, student, state.accelerator.device)
+        head_map = teacher_head_map(student, teacher, args.teacher_dataset)
+        state.loss_fn = make_loss(teacher, head_map, args.gt_weight, args.distill_weight)
+        state.hyper.update(teacher=args.teacher, **{"distill weight": args.distill_weight, "GT weight": args.gt_weight})
+        logger.info(
+            f"distilling from {args.teacher} (heads {head_map}), GT weight {args.gt_weight}, "
+            f"teacher weight {args.distill_weight}"
+        )
     train_module.resume(state)
-    state.model.train()
+    # stage 1: the teacher stays in eval mode (no drop path, BatchNorm statistics untouched)
+    state.model.train(args.token_stage != 1)
     for epoch in range(state.start_epoch, state.num_epochs):
         if state.step >= state.max_steps:
             break

@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -980,8 +980,13 @@ class TrainState:
         return None if steps in (None, "epoch") else int(steps)
 
 
-def setup(args: argparse.Namespace) -> TrainState:
-    """Logging, data, model, accelerator, optimiser and schedule of a run (nothing trained yet)."""
+def setup(
+    args: argparse.Namespace, prepare_model: Callable[[ViTPoseForPoseEstimation], None] | None = None
+) -> TrainState:
+    """Logging, data, model, accelerator, optimiser and schedule of a run (nothing trained yet).
+
+    ``prepare_model`` edits the built model (e.g. adds or freezes weights) before the optimiser sees it.
+    """
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.utils import set_seed
 
@@ -1007,6 +1012,8 @@ def setup(args: argparse.Namespace) -> TrainState:
         specs = load_data_specs(args)
     layouts = unique_layouts(specs)
     model = build_model(args, layouts)
+    if prepare_model is not None:
+        prepare_model(model)
     config = model.config
     for spec in specs:
         spec.head = config.dataset_to_index(spec.layout["name"])
