@@ -163,3 +163,49 @@ def to_official_keys(state_dict: dict) -> dict:
         else:
             sd[k] = v
     return sd
+
+
+_PEAK_TAPS = [(0.0, 1.0, 0.5), (0.5, 1.0, 0.0), (0.25, 1.0, 0.6), (0.6, 1.0, 0.25), (0.4, 1.0, 0.1), (0.1, 1.0, 0.4)]
+
+
+def peaked_model(config: ViTPoseConfig, seed: int = 0, expert_scale: float = 0.0):
+    """A tiny simple-decoder model whose keypoint k has one clear heatmap peak at a fixed crop position.
+
+    A random model's heatmaps are nearly flat with near-ties (any rounding flips the arg-max, and DARK's Taylor
+    step is ill-conditioned there), as a trained model's clear peaks are not. Here the blocks are identities (the
+    ViTPose++ experts scaled by `expert_scale`) and the position embedding puts a large value in channel j at the
+    interior token `cells[j]` (channel C-1 elsewhere), so after the LayerNorm and ReLU only that token lights
+    channel j. Keypoint k reads channel k mod len(cells) through an asymmetric 3x3 kernel (first one
+    [0, 1, .5] x [0, 1, .5]) on the bilinear x4 tent: one untied maximum at a sub-pixel offset per keypoint.
+    A small patch embedding keeps the image in play. Returns the model and the cells.
+    """
+    from vitpose_hf import ViTPoseForPoseEstimation
+
+    torch.manual_seed(seed)
+    model = ViTPoseForPoseEstimation(config).eval()
+    width, (rows, cols) = config.hidden_size, config.patch_grid
+    cells = [(r, c) for r in range(1, rows - 1) for c in range(1, cols - 1)][: width - 1]
+    with torch.no_grad():
+        for block in model.backbone.blocks:
+            for p in (block.attn.proj.weight, block.attn.proj.bias, block.mlp.fc2.weight, block.mlp.fc2.bias):
+                p.zero_()
+            for expert in getattr(block.mlp, "experts", []):
+                expert.weight.mul_(expert_scale)
+                expert.bias.mul_(expert_scale)
+        model.backbone.patch_embed.proj.weight.mul_(0.25)
+        table = torch.zeros(rows * cols, width)
+        table[:, width - 1] = 8.0
+        for channel, (r, c) in enumerate(cells):
+            table[r * cols + c] = 0.0
+            table[r * cols + c, channel] = 8.0
+        model.backbone.pos_embed.copy_(torch.cat([torch.zeros(1, width), table])[None])
+        for head in model.heads:
+            conv = head.final_layer
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for k in range(conv.out_channels):
+                variant = k // len(cells)
+                ty = torch.tensor(_PEAK_TAPS[variant % 6])
+                tx = ty if variant == 0 else torch.tensor(_PEAK_TAPS[(variant + 2) % 6])
+                conv.weight[k, k % len(cells)] = 0.1 * torch.outer(ty, tx)
+    return model, cells

@@ -9,7 +9,7 @@ import torch
 from vitpose_hf import ViTPoseForPoseEstimation, ViTPoseImageProcessor
 from vitpose_hf.inference.export import export, load_exported
 
-from helpers import randomize_batchnorm, tiny_config, tiny_plus_config
+from helpers import peaked_model, randomize_batchnorm, tiny_config, tiny_plus_config
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -122,6 +122,49 @@ def test_decoding_in_graph_matches_processor(dense, plus, kind, tmp_path):
         with torch.no_grad():
             out = model(x, dataset_index=dataset)
         _check_keypoints(keypoints, scores, out, center, scale)
+
+
+@pytest.fixture(scope="module")
+def peaked_dense():
+    return peaked_model(tiny_config(decoder="simple"))[0]
+
+
+@pytest.fixture(scope="module")
+def peaked_plus():
+    return peaked_model(tiny_plus_config(decoder="simple"), expert_scale=0.1)[0]
+
+
+# Peaked maps (as a trained model's): there DARK is well-conditioned and onnxruntime's float noise stays sub-1e-3 px.
+@pytest.mark.parametrize("kind", ["dense", "plus-coco", "plus-aic", "plus-wholebody"])
+def test_onnx_decoding_in_graph_matches_processor(peaked_dense, peaked_plus, kind, tmp_path):
+    model, dataset = (peaked_dense, None) if kind == "dense" else (peaked_plus, kind.split("-")[1])
+    path = export(model, tmp_path / "m.onnx", format="onnx", dataset=dataset, with_decoding=True)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 48)
+        center, scale = _crops(batch)
+        keypoints, scores = _run(path, "onnx", {"pixel_values": x, "center": center, "scale": scale})
+        with torch.no_grad():
+            out = model(x, dataset_index=dataset)
+        assert keypoints.shape == (batch, out.heatmaps.shape[1], 2)
+        _check_keypoints(keypoints, scores, out, center, scale)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_all_heads_decoding_mixed_batch_matches_processor(peaked_plus, fmt, tmp_path):
+    path = export(peaked_plus, tmp_path / f"m.{fmt}", format=fmt, all_datasets=True, with_decoding=True)
+    for index in ([0, 5, 1, 2, 3, 4], [1], [5, 0]):
+        index = torch.tensor(index)
+        x = torch.randn(len(index), 3, 64, 48)
+        center, scale = _crops(len(index), seed=len(index))
+        feeds = {"pixel_values": x, "center": center, "scale": scale, "dataset_index": index}
+        keypoints, scores, counts = _run(path, fmt, feeds)
+        assert keypoints.shape == (len(index), 133, 2)
+        for i, d in enumerate(index.tolist()):  # the processor decodes each sample with its own dataset's rules
+            with torch.no_grad():
+                out = peaked_plus(x[i : i + 1], dataset_index=d)
+            k = out.heatmaps.shape[1]
+            assert counts[i] == k
+            _check_keypoints(keypoints[i : i + 1], scores[i : i + 1], out, center[i : i + 1], scale[i : i + 1])
 
 
 def test_onnx_decoding_graph_io_names(dense, tmp_path):

@@ -26,7 +26,7 @@ from vitpose_hf.inference.pipeline import (
     register_pipeline,
 )
 
-from helpers import tiny_config, tiny_plus_config
+from helpers import peaked_model, tiny_config, tiny_plus_config
 
 COCO_NAMES = [
     "nose",
@@ -154,37 +154,9 @@ def tiny_pose_model(seed: int = 0, plus: bool = False) -> ViTPoseForPoseEstimati
 
 
 def peaked_pose_model(seed: int = 0) -> tuple[ViTPoseForPoseEstimation, list[tuple[int, int]]]:
-    """A tiny simple-decoder model whose keypoint k has one clear heatmap peak at a fixed crop position.
-
-    A random model's heatmaps have near-ties between local maxima that any rounding can flip (as a trained model's
-    clear peaks do not). Here the blocks are identities and the position embedding puts a large value in channel k
-    at token `cells[k]` (channel C-1 elsewhere, so that after the LayerNorm and ReLU only that token lights channel
-    k); the head's 3x3 kernel [0, 1, .5] x [0, 1, .5] on the bilinear x4 tent puts the maximum at heatmap pixel
-    (4r + 1, 4c + 1) with no tie. A small patch embedding keeps the image in play. Returns the model and cells.
-    """
-    torch.manual_seed(seed)
-    config = tiny_config(decoder="simple")
-    model = ViTPoseForPoseEstimation(config).eval()
-    width, (rows, cols), k = config.hidden_size, config.patch_grid, config.num_keypoints[0]
-    cells = [(r, c) for r in range(1, rows - 1) for c in range(1, cols - 1)][:k]
-    with torch.no_grad():
-        for block in model.backbone.blocks:
-            for p in (block.attn.proj.weight, block.attn.proj.bias, block.mlp.fc2.weight, block.mlp.fc2.bias):
-                p.zero_()
-        model.backbone.patch_embed.proj.weight.mul_(0.25)
-        table = torch.zeros(rows * cols, width)
-        table[:, width - 1] = 8.0
-        for channel, (r, c) in enumerate(cells):
-            table[r * cols + c] = 0.0
-            table[r * cols + c, channel] = 8.0
-        model.backbone.pos_embed.copy_(torch.cat([torch.zeros(1, width), table])[None])
-        conv = model.heads[0].final_layer
-        conv.weight.zero_()
-        conv.bias.zero_()
-        tap = torch.tensor([0.0, 1.0, 0.5])
-        for channel in range(k):
-            conv.weight[channel, channel] = 0.1 * torch.outer(tap, tap)
-    return model, cells
+    """A tiny simple-decoder COCO model with one clear, untied heatmap peak per keypoint (see helpers.peaked_model)."""
+    model, cells = peaked_model(tiny_config(decoder="simple"), seed)
+    return model, cells[: model.config.num_keypoints[0]]
 
 
 @pytest.fixture(scope="module")

@@ -126,8 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="crops per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: first GPU if any)")
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bf16", "fp16"), help="precision of the pose model"
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bf16", "fp16"),
+        help="precision of the pose model (auto: bf16 on CUDA and on CPUs with avx512_bf16/AMX, else float32)",
     )
+    parser.add_argument("--compile", action="store_true", help="run the pose model through torch.compile")
     parser.add_argument(
         "--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame (default 1)"
     )
@@ -409,6 +413,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vitpose_hf.inference.drawing import draw
+    from vitpose_hf.inference.hub import choose_dtype
     from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
 
     inputs = list(args.inputs)
@@ -455,8 +460,11 @@ def _predict(args: argparse.Namespace) -> int:
         detector=args.detector,
         task="pose-estimation",
         torch_dtype=None if args.dtype == "auto" else args.dtype,
+        compile=args.compile,
         **pipe_kwargs,
     )
+    if args.dtype == "auto":  # bf16 on CUDA and native-bf16 CPUs, else float32 (logged)
+        pipe.model.to(choose_dtype("auto", pipe.device))
     index = model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
     info = model.config.datasets[index]
     keep = {label.lower() for label in info.get("detector_labels") or ["person"]}

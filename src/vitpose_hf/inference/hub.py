@@ -8,13 +8,28 @@ waiting through huggingface_hub's download retries. Offline mode is huggingface_
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["HubUnreachableError", "hub_file", "hub_load", "hub_reachable", "offline_mode", "resolve_dtype"]
+__all__ = [
+    "HubUnreachableError",
+    "choose_dtype",
+    "cpu_has_native_bf16",
+    "hub_file",
+    "hub_load",
+    "hub_reachable",
+    "offline_mode",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_warned_slow_bf16 = False
 
 _DTYPES = {
     "float32": torch.float32,
@@ -44,6 +59,52 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.lower().removeprefix("torch.")]
     raise ValueError(f"unknown torch_dtype {dtype!r}; use one of {sorted(set(_DTYPES))}, a torch dtype or 'auto'")
+
+
+def _proc_cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16(cpu_flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (``avx512_bf16`` / ``amx_bf16``); ``cpu_flags`` default: /proc/cpuinfo."""
+    flags = _proc_cpu_flags() if cpu_flags is None else set(cpu_flags)
+    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+
+
+def choose_dtype(
+    dtype: str | torch.dtype | None, device: str | torch.device, cpu_flags: Iterable[str] | None = None
+) -> torch.dtype | None:
+    """The pose model's dtype on ``device``: ``"auto"`` -> bf16 on CUDA and on CPUs with native bf16, else fp32.
+
+    bf16 autocast / weights are slower than fp32 on CPUs without native bf16, hence fp32 there. The automatic
+    choice is logged; an explicit bf16 on such a CPU warns once per process. ``None`` keeps the model's dtype.
+    """
+    global _warned_slow_bf16
+    device_type = torch.device(device).type
+    on_cpu = device_type == "cpu"
+    if isinstance(dtype, str) and dtype == "auto":
+        native = device_type == "cuda" or (on_cpu and cpu_has_native_bf16(cpu_flags))
+        chosen = torch.bfloat16 if native else torch.float32
+        why = "CUDA" if device_type == "cuda" else ("native bf16 CPU" if native else f"no native bf16 on {device_type}")
+        logger.info("--dtype auto: %s (%s)", "bf16" if native else "fp32", why)
+        return chosen
+    chosen = resolve_dtype(dtype)
+    if chosen == torch.bfloat16 and on_cpu and not cpu_has_native_bf16(cpu_flags) and not _warned_slow_bf16:
+        _warned_slow_bf16 = True
+        warnings.warn(
+            "bf16 on a CPU without native bf16 (avx512_bf16 / amx_bf16) is usually slower than float32; "
+            "use --dtype auto or float32",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return chosen
 
 
 def offline_mode() -> bool:

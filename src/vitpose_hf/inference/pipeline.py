@@ -47,7 +47,7 @@ from vitpose_hf.boxes import boxes_per_image, check_box_format, convert_boxes, s
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from vitpose_hf.images import image_size, is_batch, load_image
 from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
-from vitpose_hf.inference.hub import hub_file, hub_load, resolve_dtype
+from vitpose_hf.inference.hub import choose_dtype, hub_file, hub_load, resolve_dtype
 from vitpose_hf.modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
@@ -222,7 +222,11 @@ class PoseEstimationPipeline(Pipeline):
         detector_kwargs: passed to the detector's ``from_pretrained``.
         device: where the model (and detector) run; default: the first GPU if any, else the CPU.
         torch_dtype (or dtype): ``torch.bfloat16`` / ``"bf16"`` / ``torch.float16`` / ``"fp16"`` to run the pose
-            model in half precision (decoding stays float32).
+            model in half precision (decoding stays float32); bf16 on a CPU without native bf16 warns once.
+            ``None`` / ``"auto"`` (transformers' meaning): the model's own dtype. The CLI's ``--dtype auto`` rule
+            (bf16 on CUDA and native-bf16 CPUs) is :func:`vitpose_hf.inference.hub.choose_dtype`.
+        compile: ``True`` (or a dict of ``torch.compile`` options, e.g. ``{"backend": "aot_eager"}``) runs the pose
+            model through ``torch.compile``; the first call of each new crop-batch shape compiles.
         batch_size: crops per forward pass (default 32).
         Call options may also be given here as defaults: ``dataset``, ``flip_test``, ``box_format``,
         ``detector_threshold``, ``detector_labels``, ``timeout``.
@@ -254,12 +258,21 @@ class PoseEstimationPipeline(Pipeline):
                 f"got {type(model).__name__}{hint}"
             )
         torch_dtype, plain_dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
-        dtype = resolve_dtype(torch_dtype if torch_dtype not in (None, "auto") else plain_dtype)
+        requested = torch_dtype if torch_dtype not in (None, "auto") else plain_dtype
+        requested = None if requested == "auto" else requested  # transformers' "auto": the model's own dtype
+        resolve_dtype(requested)  # a bad name fails before the pipeline is built
+        compile_options = kwargs.pop("compile", False)
+        if not isinstance(compile_options, (bool, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {compile_options!r}")
         image_processor = _adapt_processor(image_processor, model)
         super().__init__(model=model, image_processor=image_processor, **kwargs)
+        dtype = choose_dtype(requested, self.device)
         if dtype is not None and self.model.dtype != dtype:
             self.model.to(dtype)
         self.model.eval()
+        self._pose_forward: Any = self.model
+        if compile_options:
+            self._pose_forward = torch.compile(self.model, **({} if compile_options is True else compile_options))
         self.detector: ObjectDetector | None = load_detector(
             detector, labels=None, device=self.device, **(detector_kwargs or {})
         )
@@ -438,9 +451,9 @@ class PoseEstimationPipeline(Pipeline):
             outputs, flipped = [], []
             for start in range(0, n, size):
                 chunk = pixel_values[start : start + size].to(device=self.device, dtype=dtype)
-                outputs.append(self.model(chunk, dataset_index=index))
+                outputs.append(self._pose_forward(chunk, dataset_index=index))
                 if flip_test:
-                    flipped.append(self.model(flip_pixel_values(chunk), dataset_index=index))
+                    flipped.append(self._pose_forward(flip_pixel_values(chunk), dataset_index=index))
             people = self.image_processor.post_process_pose_estimation(
                 _concat_outputs(outputs),
                 flip_outputs=_concat_outputs(flipped) if flip_test else None,
@@ -515,7 +528,7 @@ def pipeline(
         device: ``"cuda"``, ``"cpu"``, ``0``, ... (default: first GPU if any).
         torch_dtype: ``"bf16"`` / ``"fp16"`` / a torch dtype for the pose model.
         image_processor: a :class:`ViTPoseImageProcessor` or folder; by default the checkpoint's.
-        kwargs: ``batch_size``, ``flip_test``, ``box_format``, ``detector_threshold``, ``detector_labels``,
+        kwargs: ``compile``, ``batch_size``, ``flip_test``, ``box_format``, ``detector_threshold``, ``detector_labels``,
             ``detector_kwargs``, ``revision`` / ``token`` / ``cache_dir`` (for loading by name).
     """
     register_pipeline()
