@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vitpose_hf.cli.evaluate", "evaluate a model on a COCO-format or Hub dataset"),
     "train": ("vitpose_hf.training.train", "train or fine-tune with Accelerate"),
     "distill": ("vitpose_hf.training.distill", "train a student from a frozen teacher's heatmaps"),
+    "pretrain-mae": ("vitpose_hf.training.pretrain_mae", "MAE pre-training on person crops (an --init_from for train)"),
     "convert": ("vitpose_hf.cli.convert", "convert official .pth or transformers checkpoints"),
     "export": ("vitpose_hf.cli.export", "export to ONNX or a torch.export ExportedProgram"),
     "convert-dataset": ("vitpose_hf.data.hub_dataset", "turn a COCO keypoint json and images into a Hub dataset"),

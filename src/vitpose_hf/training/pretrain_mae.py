@@ -1,0 +1,285 @@
+"""MAE pre-training on person crops only (`vitpose-hf pretrain-mae`, `scripts/pretrain_mae.py`).
+
+The ViTPose paper's "flexible pre-training" finding: MAE pre-training on the pose datasets alone (COCO + AIC person
+crops) nearly matches ImageNet MAE. This runs transformers' own `ViTMAEForPreTraining` at the width and depth of a
+ViTPose backbone (``--model_size`` or ``--hidden_size`` / ``--num_hidden_layers`` / ``--num_attention_heads``) on
+the person instances of Hub-schema keypoint datasets (`vitpose_hf.data.hub_dataset`), and writes a `save_pretrained`
+folder that `vitpose-hf train --init_from` converts into the backbone (position embedding interpolated to the
+pose input's token grid; the MAE decoder, class token and final norm are not used).
+
+Crops: the training pipeline's crops (`TopDownTransform`: person box x 1.25, the official flip / scale / rotation
+augmentation unless ``--no_augmentation``, ImageNet mean / std), square (``--image_size``, default 256), because
+MAE's fixed sin-cos position table and the conversion need a square token grid. Recipe defaults follow MAE: mask
+ratio 0.75, normalised-pixel loss, AdamW betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x batch / 256, linear
+warm-up then cosine decay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitpose_hf.configuration_vitpose_hf import PRESET_SIZES
+from vitpose_hf.data.hub_dataset import explode_instances, find_layout, load_image_split, read_layout
+from vitpose_hf.data.transforms import (
+    AugmentConfig,
+    InstanceTable,
+    MixedDatasetSampler,
+    TopDownDataset,
+    TopDownSource,
+    TopDownTransform,
+)
+
+logger = logging.getLogger(__name__)
+
+ARGS_FILE = "pretrain_mae_args.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vitpose-hf pretrain-mae`."""
+    m = parser.add_argument_group("encoder shape (--model_size, or the three numbers)")
+    m.add_argument("--model_size", choices=list(PRESET_SIZES), help="width / depth / heads of ViTPose-S/B/L/H")
+    m.add_argument("--hidden_size", type=int)
+    m.add_argument("--num_hidden_layers", type=int)
+    m.add_argument("--num_attention_heads", type=int)
+    m.add_argument("--mlp_ratio", type=float, default=4.0)
+    m.add_argument("--patch_size", type=int, default=16)
+    m.add_argument("--image_size", type=int, default=256, help="side of the square crops (256)")
+    m.add_argument("--mask_ratio", type=float, default=0.75)
+    m.add_argument("--no_norm_pix_loss", action="store_true", help="plain pixel targets (MAE default: normalised)")
+    m.add_argument("--decoder_hidden_size", type=int, default=512)
+    m.add_argument("--decoder_num_hidden_layers", type=int, default=8)
+    m.add_argument("--decoder_num_attention_heads", type=int, default=16)
+    m.add_argument("--decoder_intermediate_size", type=int, default=2048)
+
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--dataset_name", action="append", required=True, help="Hub dataset id / save_to_disk / parquet folder"
+    )
+    d.add_argument("--dataset_layout", action="append", help="keypoint layout per --dataset_name (for the flip pairs)")
+    d.add_argument("--dataset_ratio", type=float, nargs="+", action="extend", help="sampling share per dataset")
+    d.add_argument("--train_split", default="train")
+    d.add_argument("--max_train_samples", type=int, help="use only the first N images of each dataset")
+    d.add_argument("--no_augmentation", action="store_true", help="plain crops")
+    d.add_argument("--dataloader_num_workers", type=int, default=4)
+    d.add_argument("--cache_dir")
+
+    o = parser.add_argument_group("optimisation")
+    o.add_argument("--per_device_train_batch_size", type=int, default=64)
+    o.add_argument("--learning_rate", type=float, help="default 1.5e-4 x batch / 256 (MAE's base-lr rule)")
+    o.add_argument("--weight_decay", type=float, default=0.05)
+    o.add_argument("--adam_beta1", type=float, default=0.9)
+    o.add_argument("--adam_beta2", type=float, default=0.95)
+    o.add_argument("--num_train_epochs", type=int, default=400)
+    o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    o.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up steps (default: 1/10 of training)")
+    o.add_argument("--mixed_precision", choices=["no", "bf16"], default="no")
+
+    s = parser.add_argument_group("output")
+    s.add_argument("--output_dir", required=True)
+    s.add_argument("--save_steps", type=int, help="also save_pretrained under step-N/ every N steps")
+    s.add_argument("--logging_steps", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is present")
+
+
+def encoder_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """``(hidden_size, num_hidden_layers, num_attention_heads)`` from a preset name or the explicit numbers."""
+    if args.model_size:
+        preset = PRESET_SIZES[args.model_size]
+        shape = [preset.hidden_size, preset.num_hidden_layers, preset.num_attention_heads]
+        for i, name in enumerate(("hidden_size", "num_hidden_layers", "num_attention_heads")):
+            if getattr(args, name) is not None:
+                shape[i] = getattr(args, name)
+        return shape[0], shape[1], shape[2]
+    if None in (args.hidden_size, args.num_hidden_layers, args.num_attention_heads):
+        raise ValueError("give --model_size, or all of --hidden_size, --num_hidden_layers and --num_attention_heads")
+    return args.hidden_size, args.num_hidden_layers, args.num_attention_heads
+
+
+def build_mae_config(args: argparse.Namespace) -> Any:
+    """The `ViTMAEConfig`: our backbone's shape (LayerNorm eps 1e-6, qkv bias, GELU) on square crops."""
+    from transformers import ViTMAEConfig
+
+    width, depth, heads = encoder_shape(args)
+    if width % heads:
+        raise ValueError(f"hidden_size {width} is not divisible by num_attention_heads {heads}")
+    if args.image_size % args.patch_size:
+        raise ValueError(f"--image_size {args.image_size} is not a multiple of --patch_size {args.patch_size}")
+    if args.decoder_hidden_size % args.decoder_num_attention_heads:
+        raise ValueError("--decoder_hidden_size must be divisible by --decoder_num_attention_heads")
+    if not 0.0 < args.mask_ratio < 1.0:
+        raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+    return ViTMAEConfig(
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=int(width * args.mlp_ratio),
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,  # as our backbone (transformers' default 1e-12 would not match after transfer)
+        qkv_bias=True,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_channels=3,
+        mask_ratio=args.mask_ratio,
+        norm_pix_loss=not args.no_norm_pix_loss,
+        decoder_hidden_size=args.decoder_hidden_size,
+        decoder_num_hidden_layers=args.decoder_num_hidden_layers,
+        decoder_num_attention_heads=args.decoder_num_attention_heads,
+        decoder_intermediate_size=args.decoder_intermediate_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: person crops of the Hub datasets
+# ---------------------------------------------------------------------------------------------------------------
+def collate_pixels(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Only the crops: MAE needs no targets."""
+    return {"pixel_values": torch.stack([s["pixel_values"] for s in samples])}
+
+
+def build_crop_dataset(args: argparse.Namespace) -> tuple[TopDownDataset, MixedDatasetSampler]:
+    """The person instances of every ``--dataset_name`` as square crops, and their seeded sampler."""
+    n = len(args.dataset_name)
+    if args.dataset_layout and len(args.dataset_layout) != n:
+        raise ValueError(f"give one --dataset_layout per --dataset_name ({n}), got {len(args.dataset_layout)}")
+    if args.dataset_ratio and len(args.dataset_ratio) != n:
+        raise ValueError(f"give one --dataset_ratio per --dataset_name ({n}), got {len(args.dataset_ratio)}")
+    side = args.image_size
+    augment = AugmentConfig(enabled=not args.no_augmentation)
+    sources = []
+    for i, name in enumerate(args.dataset_name):
+        layout = read_layout(args.dataset_layout[i]) if args.dataset_layout else find_layout(name)
+        if layout is None:
+            raise ValueError(f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, ... or a json)")
+        images = load_image_split(name, args.train_split, cache_dir=args.cache_dir)
+        if images is None:
+            raise ValueError(f"{name!r} has no {args.train_split!r} split")
+        if args.max_train_samples:
+            images = images.select(range(min(args.max_train_samples, images.num_rows)))
+        k = layout["num_keypoints"]
+        instances, _ = explode_instances(images, k, name=f"{name} [{args.train_split}]")
+        # heatmap size is irrelevant (targets are dropped); the smallest valid one keeps the wasted work small
+        transform = TopDownTransform(layout, (side, side), (side // 4, side // 4), augment)
+        table = InstanceTable.from_dataset(instances, k)
+        sources.append(TopDownSource(name, images.select_columns(["image"]), table, transform, i))
+    sampler = MixedDatasetSampler([len(s.table) for s in sources], args.dataset_ratio, seed=args.seed)
+    return TopDownDataset(sources), sampler
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> Any:
+    """AdamW; no weight decay on 1-D parameters (norms, biases) and the tokens, as MAE."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # the fixed sin-cos position tables
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "mask_token")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then half-cosine to 0 (MAE's schedule, per step)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_checkpoint(model: Any, folder: str | os.PathLike, args: argparse.Namespace, step: int) -> None:
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    record["step"] = step
+    (folder / ARGS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Pre-train and write ``output_dir`` (a `ViTMAEForPreTraining` folder); returns 0."""
+    from transformers import ViTMAEForPreTraining
+
+    config = build_mae_config(args)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    dataset, sampler = build_crop_dataset(args)
+    if len(sampler) == 0:
+        raise ValueError("no person instances to pre-train on")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=args.per_device_train_batch_size,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=collate_pixels,
+        pin_memory=device.type == "cuda",
+        drop_last=len(sampler) >= args.per_device_train_batch_size,
+    )
+    steps_per_epoch = len(loader)
+    total = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warmup = args.warmup_steps or max(1, total // 10)
+    lr = args.learning_rate or 1.5e-4 * args.per_device_train_batch_size / 256
+    model = ViTMAEForPreTraining(config).to(device)
+    model.train()
+    optimizer = build_optimizer(model, lr, args.weight_decay, (args.adam_beta1, args.adam_beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    logger.info(
+        f"MAE pre-training: {len(sampler)} crops of {args.image_size}x{args.image_size}, width {config.hidden_size}, "
+        f"depth {config.num_hidden_layers}, {total} steps, lr {lr:g}, device {device}"
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    log_path = Path(args.output_dir) / "pretrain_log.jsonl"
+    step, epoch, start = 0, 0, time.time()
+    with open(log_path, "w", encoding="utf-8") as log:
+        while step < total:
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                pixels = batch["pixel_values"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16"):
+                    loss = model(pixel_values=pixels).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite MAE loss at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                record = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+                log.write(json.dumps(record) + "\n")
+                if step % args.logging_steps == 0 or step == total:
+                    logger.info(f"step {step}/{total} loss {record['loss']:.4f} ({time.time() - start:.0f} s)")
+                if args.save_steps and step % args.save_steps == 0 and step < total:
+                    save_checkpoint(model, Path(args.output_dir) / f"step-{step}", args, step)
+                if step >= total:
+                    break
+            epoch += 1
+    save_checkpoint(model, args.output_dir, args, step)
+    logger.info(f"saved the MAE model to {args.output_dir} (use it as --init_from of vitpose-hf train)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(prog="vitpose-hf pretrain-mae", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(None if argv is None else list(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
