@@ -51,8 +51,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def paired_times(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tuple[float, float, float]:
-    """Median times of two callables run alternately (so load changes hit both), and the median ratio a / b."""
+def paired_samples(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tuple[list, list, float]:
+    """Per-repeat seconds of two callables run alternately (so load changes hit both), and the median ratio a / b."""
     for _ in range(warmup):
         fn_a()
         fn_b()
@@ -64,7 +64,12 @@ def paired_times(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tupl
             fn()
             sync(device)
             times.append(time.perf_counter() - start)
-    ratio = statistics.median(a / b for a, b in zip(times_a, times_b))
+    return times_a, times_b, statistics.median(a / b for a, b in zip(times_a, times_b))
+
+
+def paired_times(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tuple[float, float, float]:
+    """Median times of two callables run alternately, and the median ratio a / b."""
+    times_a, times_b, ratio = paired_samples(fn_a, fn_b, repeats, device, warmup)
     return statistics.median(times_a), statistics.median(times_b), ratio
 
 

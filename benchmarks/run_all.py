@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_model import count_flops, machine, sync  # noqa: E402
+from bench_model import count_flops, machine, paired_samples  # noqa: E402
 from bench_processor import make_boxes, make_heatmaps  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import VitPoseForPoseEstimation as HFVitPose  # noqa: E402
@@ -92,18 +92,7 @@ class Report:
 
 def paired(fn_a: Callable, fn_b: Callable, repeats: int, device: str, warmup: int = 1) -> tuple[list, list, float]:
     """Per-repeat seconds of two callables run alternately, and the median of the per-repeat ratios a / b."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return times_a, times_b, statistics.median(a / b for a, b in zip(times_a, times_b))
+    return paired_samples(fn_a, fn_b, repeats, device, warmup)
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, repeats: int, n: int) -> Figure:
