@@ -15,6 +15,7 @@ from vitpose_hf.cli.convert import convert, convert_official
 from vitpose_hf.conversion import convert_official_state_dict, infer_official_config
 
 from helpers import PLUS_K, official_forward, official_state_dict, randomize_batchnorm
+from official_names import AIC_NAMES, AP10K_NAMES
 
 X = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
@@ -428,42 +429,6 @@ HF_COCO_NAMES = [
     "L_Ankle",
     "R_Ankle",
 ]
-# the AP-10K keypoints as the official ap10k_info.py spells them
-AP10K_OFFICIAL_NAMES = [
-    "L_Eye",
-    "R_Eye",
-    "Nose",
-    "Neck",
-    "Root of tail",
-    "L_Shoulder",
-    "L_Elbow",
-    "L_F_Paw",
-    "R_Shoulder",
-    "R_Elbow",
-    "R_F_Paw",
-    "L_Hip",
-    "L_Knee",
-    "L_B_Paw",
-    "R_Hip",
-    "R_Knee",
-    "R_B_Paw",
-]
-AIC_NAMES = [
-    "right_shoulder",
-    "right_elbow",
-    "right_wrist",
-    "left_shoulder",
-    "left_elbow",
-    "left_wrist",
-    "right_hip",
-    "right_knee",
-    "right_ankle",
-    "left_hip",
-    "left_knee",
-    "left_ankle",
-    "head_top",
-    "neck",
-]
 
 
 def _other_side(name: str) -> str:
@@ -483,7 +448,7 @@ def _load_with_log(path, caplog):
     "names,expected",
     [
         (HF_COCO_NAMES, "coco"),
-        (AP10K_OFFICIAL_NAMES, "ap10k"),  # regression: every 17-keypoint checkpoint became COCO
+        (AP10K_NAMES, "ap10k"),  # regression: every 17-keypoint checkpoint became COCO
         ([n.upper().replace("_", " ") for n in AIC_NAMES], "aic"),  # regression: 14 keypoints became "custom"
     ],
     ids=["coco", "ap10k", "aic"],

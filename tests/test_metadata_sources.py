@@ -14,6 +14,8 @@ import pytest
 from vitpose_hf.configuration_vitpose_hf import LAYER_DECAY, PRESET_SIZES, ViTPoseConfig
 from vitpose_hf.keypoint_metadata import get_dataset_info, list_datasets
 
+from official_names import AIC_NAMES, AP10K_NAMES, COCO_NAMES
+
 # ---- OKS sigmas, quoted from each official file's `sigmas=[...]` ------------------------------------------------
 
 # configs/_base_/datasets/coco.py (and ochuman.py, the same values)
@@ -252,65 +254,12 @@ OFFICIAL_SIGMAS = {
 
 # ---- keypoint names in the official spelling and order ---------------------------------------------------------
 
-COCO_NAMES = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
-AP10K_NAMES = [  # ap10k_info.py spells them L_Eye, Root of tail, L_F_Paw ...
-    "L_Eye",
-    "R_Eye",
-    "Nose",
-    "Neck",
-    "Root of tail",
-    "L_Shoulder",
-    "L_Elbow",
-    "L_F_Paw",
-    "R_Shoulder",
-    "R_Elbow",
-    "R_F_Paw",
-    "L_Hip",
-    "L_Knee",
-    "L_B_Paw",
-    "R_Hip",
-    "R_Knee",
-    "R_B_Paw",
-]
 FINGER_NAMES = ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
 FINGERS = [f"{f}{j}" for f in FINGER_NAMES for j in (1, 2, 3, 4)]
 OFFICIAL_NAMES = {
     "coco": COCO_NAMES,
     "ochuman": COCO_NAMES,
-    "aic": [
-        "right_shoulder",
-        "right_elbow",
-        "right_wrist",
-        "left_shoulder",
-        "left_elbow",
-        "left_wrist",
-        "right_hip",
-        "right_knee",
-        "right_ankle",
-        "left_hip",
-        "left_knee",
-        "left_ankle",
-        "head_top",
-        "neck",
-    ],
+    "aic": AIC_NAMES,
     "mpii": [
         "right_ankle",
         "right_knee",

@@ -27,26 +27,8 @@ from vitpose_hf.inference.pipeline import (
 )
 
 from helpers import peaked_model, tiny_config, tiny_plus_config
+from official_names import COCO_NAMES
 
-COCO_NAMES = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
 # the 80 COCO detection classes in the usual contiguous order (what COCO-trained detectors' id2label holds)
 COCO80 = [
     "person",
