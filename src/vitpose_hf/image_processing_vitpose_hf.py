@@ -25,12 +25,10 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs
 
-from .boxes import boxes_per_image as _boxes_per_image
-from .boxes import check_box_format, to_xywh
+from .boxes import boxes_per_image, check_box_format, to_xywh
 from .codecs import MSRAHeatmap, UDPHeatmap, _check_kernel_size, flip_back
 from .geometry import BOX_PADDING, _center_scale, crop_to_image, image_to_crop, inverse_warp_matrix
-from .images import is_batch as _is_batch
-from .images import to_rgb_tensors as _to_rgb_tensors
+from .images import is_batch, to_rgb_tensors
 from .keypoint_metadata import flip_indices as dataset_flip_indices
 from .keypoint_metadata import get_dataset_info
 
@@ -399,18 +397,18 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             raise ValueError("pass dataset= or dataset_index=, not both")
         out_h, out_w = self.input_size
 
-        single = not _is_batch(images)
+        single = not is_batch(images)
         if single:
-            rgb = _to_rgb_tensors(images)
+            rgb = to_rgb_tensors(images)
         else:
             if isinstance(images, (list, tuple)):
                 rgb = []
                 for i, image in enumerate(images):
-                    if _is_batch(image):
+                    if is_batch(image):
                         raise ValueError(f"images[{i}] is a batch; pass a flat list of images")
-                    rgb.extend(_to_rgb_tensors(image, f"images[{i}]"))
+                    rgb.extend(to_rgb_tensors(image, f"images[{i}]"))
             else:
-                rgb = _to_rgb_tensors(images)
+                rgb = to_rgb_tensors(images)
         if device is None:
             device = next((im.device for im in rgb), torch.device("cpu"))
         device = torch.device(device)
@@ -419,7 +417,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if boxes is None:
             per_image = [torch.tensor([[0.0, 0.0, im.shape[2], im.shape[1]]], dtype=torch.float32) for im in rgb]
         else:
-            per_image = _boxes_per_image(boxes, len(rgb), single, box_format)
+            per_image = boxes_per_image(boxes, len(rgb), single, box_format)
         counts = torch.tensor([len(b) for b in per_image], dtype=torch.long)
         all_boxes = torch.cat(per_image).to(device=device, dtype=torch.float32) if per_image else torch.zeros(0, 4)
         all_boxes = all_boxes.to(device)
