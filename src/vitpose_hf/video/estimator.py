@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from vitpose_hf.boxes import clip_box_to_image, convert_boxes, validate_boxes
+from vitpose_hf.boxes import convert_boxes, validate_boxes
 from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, load_detector
 from vitpose_hf.inference.drawing import _person_arrays
 from vitpose_hf.video.smoothing import SMOOTHERS, OneEuroSmoother, savgol_smooth
@@ -92,7 +92,15 @@ def keypoint_box(
     (x1, y1), (x2, y2) = points.min(0), points.max(0)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     half_w, half_h = (x2 - x1) * padding / 2, (y2 - y1) * padding / 2
-    return clip_box_to_image([cx - half_w, cy - half_h, cx + half_w, cy + half_h], width, height)
+    box = [
+        max(0.0, cx - half_w),
+        max(0.0, cy - half_h),
+        min(float(width), cx + half_w),
+        min(float(height), cy + half_h),
+    ]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return [float(v) for v in box]
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:

@@ -2,7 +2,7 @@
 
 Each frame, the people found are matched to the tracks still alive, highest similarity first, as long as the
 similarity reaches ``threshold``; a person left over starts a new track. A track that is not matched keeps its last
-box and keypoints for ``max_age`` frames (counted in the stream's frame indices, so a ``stride`` does not change its
+box and keypoints while it has missed at most ``max_age`` frames (counted in the stream's frame indices, so a ``stride`` does not change its
 meaning in frames) and is then dropped: a person who comes back later gets a new id. Ids count up from 1 and are never
 reused by a tracker.
 """
@@ -81,7 +81,7 @@ class PoseTracker:
     Args:
         metric: ``"iou"`` (boxes) or ``"oks"`` (keypoints, with the dataset's OKS sigmas).
         threshold: minimum similarity for a person to continue a track.
-        max_age: frames a lost track is kept; after that its person gets a new id.
+        max_age: frames a lost track may miss and still continue; after that its person gets a new id.
         dataset: keypoint dataset for the OKS sigmas (default: each person's ``dataset``, else COCO).
         keypoint_threshold: keypoints scoring below it are left out of OKS.
     """
@@ -149,7 +149,7 @@ class PoseTracker:
         if self._last_frame is not None and frame_index <= self._last_frame:
             raise ValueError(f"frame_index must increase: got {frame_index} after {self._last_frame}")
         self._last_frame = frame_index
-        self.tracks = [t for t in self.tracks if frame_index - t.last_frame <= self.max_age]
+        self.tracks = [t for t in self.tracks if frame_index - t.last_frame - 1 <= self.max_age]  # frames missed
         boxes, xy, scores = [], [], []
         for n, person in enumerate(people):
             points, point_scores = _person_arrays(person, f"people[{n}]")
