@@ -480,6 +480,18 @@ def test_bad_estimator_inputs(video):
         VideoPoseEstimator(oracle_pose(video))(video.frames[:1], boxes=[[[10, 10, 5, 50]]])  # x2 < x1
 
 
+def test_boxes_that_converge_on_one_person_give_one_pose(video):
+    def twice(images):  # a detector that finds A twice, with slightly different boxes
+        return [
+            [{"box": [b[0] + d, b[1], b[2] + d, b[3]], "label": "person"} for d in (0, 3)]
+            for b in [video.truth[video.frame_of(im)]["A"][0] for im in images]
+        ]
+
+    results = VideoPoseEstimator(oracle_pose(video), detector=twice, detect_every=2)(video.frames[:2])
+    assert len(results[0].people) == 2  # detector frame: as detected
+    assert len(results[1].people) == 1  # from the keypoints: the same person once
+
+
 def test_no_people_is_a_valid_empty_result(video):
     estimator = VideoPoseEstimator(oracle_pose(video), detector=lambda images: [[] for _ in images], detect_every=2)
     results = estimator(video.frames[:4])

@@ -12,7 +12,9 @@ How a window of frames is processed:
    call). On the frames in between, each person's box is the box around their confident keypoints (score at least
    ``keypoint_threshold``) in the previous frame, grown by ``box_padding`` about its centre and clipped to the
    image; a person whose pose in such a box has fewer than ``min_keypoints`` confident keypoints is lost until the
-   next detection. A new person is found at the next detector frame.
+   next detection, and of two such poses with OKS above 0.9 (two boxes that converged on one person) only the
+   higher-scored is kept (:func:`vitpose_hf.evaluation.metrics.oks_nms`). A new person is found at the next
+   detector frame.
 2. **Batching.** Frames whose boxes are known go through the pose model together: the detector frames of the window
    at once, then the second frame of every detector interval, and so on, so that ``batch_size`` crops fill each
    forward pass even with few people per frame (the window holds about ``batch_size`` crops' worth of frames, at
@@ -41,8 +43,10 @@ from typing import Any
 import numpy as np
 
 from vitpose_hf.boxes import convert_boxes, validate_boxes
+from vitpose_hf.evaluation.metrics import oks_nms
 from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, load_detector
 from vitpose_hf.inference.drawing import _person_arrays
+from vitpose_hf.keypoint_metadata import get_dataset_info
 from vitpose_hf.video.smoothing import SMOOTHERS, OneEuroSmoother, savgol_smooth
 from vitpose_hf.video.sources import Frame, FrameSource, open_source
 from vitpose_hf.video.tracking import PoseTracker
@@ -252,6 +256,24 @@ class VideoPoseEstimator:
         _, scores = _person_arrays(person, "person")
         return int((scores >= self.keypoint_threshold).sum()) >= self.min_keypoints
 
+    def _deduplicate(self, people: list[dict]) -> list[dict]:
+        """Boxes from keypoints can converge on one person (after a crossing): keep one of poses with OKS > 0.9."""
+        sigmas = get_dataset_info(people[0].get("dataset") or "coco").get("sigmas")
+        if sigmas is None:
+            return people
+        poses = []
+        for person in people:
+            xy, scores = _person_arrays(person, "person")
+            if len(xy) != len(sigmas):
+                return people
+            x1, y1, x2, y2 = convert_boxes(person["box"], person.get("box_format", "xywh"), "xyxy")
+            poses.append(
+                {"keypoints": xy, "scores": scores, "score": float(scores.mean()), "area": (x2 - x1) * (y2 - y1)}
+            )
+        keep = oks_nms(poses, thr=0.9, sigmas=sigmas, vis_thr=self.keypoint_threshold)
+        self.stats["lost"] += len(people) - len(keep)
+        return [people[i] for i in sorted(keep)]
+
     def _window_size(self, people_per_frame: float) -> int:
         groups = max(1, math.ceil(self.batch_size / max(1.0, people_per_frame)))
         return max(
@@ -309,6 +331,8 @@ class VideoPoseEstimator:
             results = self._run_pose(frames, call_boxes, call_scores)
             for i, found, propagated in zip(batch, results, from_previous):
                 kept = [p for p in found if self._confident(p)] if propagated else list(found)
+                if propagated and len(kept) > 1:
+                    kept = self._deduplicate(kept)
                 self.stats["lost"] += len(found) - len(kept)
                 people[i] = kept
                 detected[i] = not propagated

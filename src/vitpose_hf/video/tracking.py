@@ -2,9 +2,9 @@
 
 Each frame, the people found are matched to the tracks still alive, highest similarity first, as long as the
 similarity reaches ``threshold``; a person left over starts a new track. A track that is not matched keeps its last
-box and keypoints while it has missed at most ``max_age`` frames (counted in the stream's frame indices, so a ``stride`` does not change its
-meaning in frames) and is then dropped: a person who comes back later gets a new id. Ids count up from 1 and are never
-reused by a tracker.
+box and keypoints while it has missed at most ``max_age`` frames (counted in the stream's frame indices, so a
+``stride`` does not change what a frame means) and is then dropped: a person who comes back later gets a new id.
+Ids count up from 1 and are never reused by a tracker.
 """
 
 from __future__ import annotations
