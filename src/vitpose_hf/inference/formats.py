@@ -431,8 +431,4 @@ def to_supervision(people: Sequence[Mapping[str, Any]]) -> Any:
     }
     if all(s is not None for s in box_scores):
         kwargs["detection_confidence"] = np.asarray(box_scores, dtype=np.float32)
-    try:
-        return sv.KeyPoints(keypoint_confidence=confidence, **kwargs)
-    except TypeError:  # supervision < 0.29: `confidence`, and no detection_confidence
-        kwargs.pop("detection_confidence", None)
-        return sv.KeyPoints(confidence=confidence, **kwargs)
+    return sv.KeyPoints(keypoint_confidence=confidence, **kwargs)
