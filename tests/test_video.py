@@ -407,7 +407,12 @@ def test_wiring_real_tiny_model_through_the_pipeline(video):
     pipe = PoseEstimationPipeline(ViTPoseForPoseEstimation(tiny_config()).eval(), device="cpu")
     calls: list[int] = []
     estimator = VideoPoseEstimator(
-        pipe, detector=stand_in_detector(video, calls), batch_size=16, smooth="one-euro", keypoint_threshold=0.0
+        pipe,
+        detector=stand_in_detector(video, calls),
+        batch_size=16,
+        smooth="one-euro",
+        keypoint_threshold=0.0,
+        pose_kwargs={"flip_test": True, "dataset": "coco"},
     )
     results = estimator(video.frames[:9])
     assert [r.index for r in results] == list(range(9))
@@ -476,6 +481,8 @@ def test_bad_estimator_inputs(video):
         VideoPoseEstimator(oracle_pose(video), smooth="kalman")
     with pytest.raises(ValueError, match="pass a tracker"):
         VideoPoseEstimator(oracle_pose(video), tracker=None, smooth="one-euro")
+    with pytest.raises(ValueError, match="pose_kwargs may not set"):
+        VideoPoseEstimator(oracle_pose(video), pose_kwargs={"boxes": []})
     with pytest.raises(ValueError, match="frame 0"):
         VideoPoseEstimator(oracle_pose(video))(video.frames[:1], boxes=[[[10, 10, 5, 50]]])  # x2 < x1
 

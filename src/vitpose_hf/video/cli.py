@@ -154,6 +154,7 @@ def run_track(args: argparse.Namespace, pipe: Any, inputs: list[str] | None = No
             keypoint_threshold=args.score_threshold,
             detector_threshold=getattr(args, "box_threshold", None),
             keep_images=not (offline and source.reiterable),
+            pose_kwargs={"dataset": args.dataset} if getattr(args, "dataset", None) is not None else None,
         )
         writers: list[Any] = []
         if out_dir is not None:

@@ -133,6 +133,8 @@ class VideoPoseEstimator:
             ``detector_labels`` or ``["person"]``).
         max_window: most frames held at once.
         keep_images: keep each frame's pixels on its :class:`FrameResult` (for drawing).
+        pose_kwargs: more options for every pose call, e.g. ``{"dataset": "aic", "flip_test": True}`` for the
+            pipeline (the dataset also picks the detector classes).
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class VideoPoseEstimator:
         detector_labels: Sequence[str] | None = None,
         max_window: int = 64,
         keep_images: bool = True,
+        pose_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not callable(pose):
             raise TypeError(f"pose must be a PoseEstimationPipeline or a callable, got {type(pose).__name__}")
@@ -187,24 +190,28 @@ class VideoPoseEstimator:
             raise ValueError(f"box_padding must be a number >= 1, got {box_padding!r}")
         self.box_padding = float(box_padding)
         self.detector_threshold = DEFAULT_DETECTOR_THRESHOLD if detector_threshold is None else detector_threshold
-        self.detector_labels = list(detector_labels) if detector_labels is not None else self._dataset_labels()
         self.keep_images = keep_images
+        self.pose_kwargs = dict(pose_kwargs or {})
+        reserved = {"boxes", "box_format", "box_scores", "batch_size"} & set(self.pose_kwargs)
+        if reserved:
+            raise ValueError(f"pose_kwargs may not set {sorted(reserved)}: the estimator sets them")
+        self.detector_labels = list(detector_labels) if detector_labels is not None else self._dataset_labels()
         self.stats = {"frames": 0, "detector_frames": 0, "pose_calls": 0, "crops": 0, "lost": 0}
 
     # ------------------------------------------------------------------------------------------------------------
     def _dataset_labels(self) -> list[str]:
-        model = getattr(self.pose, "model", None)
-        datasets = getattr(getattr(model, "config", None), "datasets", None)
-        if datasets:
-            return list(datasets[0].get("detector_labels") or ["person"])
-        return ["person"]
+        config = getattr(getattr(self.pose, "model", None), "config", None)
+        if config is None or not getattr(config, "datasets", None):
+            return ["person"]
+        info = config.datasets[config.dataset_to_index(self.pose_kwargs.get("dataset", 0))]
+        return list(info.get("detector_labels") or ["person"])
 
     def _run_pose(self, frames: list[Frame], boxes: list[np.ndarray], scores: list[list]) -> list[list[dict]]:
         from vitpose_hf.inference.pipeline import PoseEstimationPipeline
 
         self.stats["pose_calls"] += 1
         self.stats["crops"] += sum(len(b) for b in boxes)
-        kwargs: dict[str, Any] = {"boxes": boxes, "box_format": "xyxy", "box_scores": scores}
+        kwargs: dict[str, Any] = {**self.pose_kwargs, "boxes": boxes, "box_format": "xyxy", "box_scores": scores}
         if isinstance(self.pose, PoseEstimationPipeline):
             import torch
 
