@@ -472,6 +472,36 @@ def test_video_file_source_reads_every_frame(video, tmp_path):
     assert np.abs(frames[1].image.astype(int) - video.frames[2]).mean() < 8  # JPEG-compressed copy of frame 2
 
 
+def test_video_file_source_counts_a_frame_the_decoder_rejects(video, tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (CANVAS_W, CANVAS_H))
+    for t in range(5):
+        writer.write(cv2.cvtColor(video.frames[t], cv2.COLOR_RGB2BGR))
+    writer.release()
+    real = cv2.VideoCapture
+
+    class RejectsFrame2:  # OpenCV's capture, except that decoding frame 2 fails (as for a broken packet)
+        def __init__(self, name):
+            self.capture, self.grabbed = real(name), -1
+
+        def grab(self):
+            self.grabbed += 1
+            return self.capture.grab()
+
+        def retrieve(self):
+            ok, frame = self.capture.retrieve()
+            return (False, None) if self.grabbed == 2 else (ok, frame)
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", RejectsFrame2)
+    source = open_source(path)
+    assert [f.index for f in source] == [0, 1, 3, 4]
+    assert source.skipped == 1 and source.skip_reasons == ["frame 2 cannot be decoded"]
+
+
 def test_bad_estimator_inputs(video):
     with pytest.raises(ValueError, match="needs a detector"):
         VideoPoseEstimator(oracle_pose(video))(video.frames[:2])

@@ -49,9 +49,9 @@ from vitpose_hf.inference.drawing import _person_arrays
 from vitpose_hf.keypoint_metadata import get_dataset_info
 from vitpose_hf.video.smoothing import SMOOTHERS, OneEuroSmoother, savgol_smooth
 from vitpose_hf.video.sources import Frame, FrameSource, open_source
-from vitpose_hf.video.tracking import PoseTracker
+from vitpose_hf.video.tracking import PoseTracker, keypoint_box
 
-__all__ = ["FrameResult", "VideoPoseEstimator", "keypoint_box"]
+__all__ = ["FrameResult", "VideoPoseEstimator"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,29 +82,6 @@ class FrameResult:
             "detected": self.detected,
             "people": self.people,
         }
-
-
-def keypoint_box(
-    xy: np.ndarray, scores: np.ndarray, threshold: float, padding: float, width: int, height: int, min_keypoints: int
-) -> list[float] | None:
-    """The xyxy box around the keypoints scoring at least ``threshold``, grown ``padding`` times about its centre
-    and clipped to the image; ``None`` with fewer than ``min_keypoints`` such keypoints or an empty box."""
-    keep = np.asarray(scores) >= threshold
-    if int(keep.sum()) < max(1, min_keypoints):
-        return None
-    points = np.asarray(xy)[keep]
-    (x1, y1), (x2, y2) = points.min(0), points.max(0)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half_w, half_h = (x2 - x1) * padding / 2, (y2 - y1) * padding / 2
-    box = [
-        max(0.0, cx - half_w),
-        max(0.0, cy - half_h),
-        min(float(width), cx + half_w),
-        min(float(height), cy + half_h),
-    ]
-    if box[2] <= box[0] or box[3] <= box[1]:
-        return None
-    return [float(v) for v in box]
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:

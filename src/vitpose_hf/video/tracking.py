@@ -9,6 +9,7 @@ Ids count up from 1 and are never reused by a tracker.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import numpy as np
 from vitpose_hf.inference.drawing import _person_arrays, _person_box
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
-__all__ = ["TRACK_METRICS", "PoseTracker", "Track", "box_iou", "keypoint_oks"]
+__all__ = ["TRACK_METRICS", "PoseTracker", "Track", "box_iou", "keypoint_box", "keypoint_oks"]
 
 TRACK_METRICS = ("iou", "oks")
 
@@ -60,6 +61,35 @@ def keypoint_oks(
     both = (np.asarray(scores_a)[:, None] >= score_threshold) & (np.asarray(scores_b)[None, :] >= score_threshold)
     count = both.sum(-1)
     return np.where(count > 0, (similarity * both).sum(-1) / np.maximum(count, 1), 0.0)
+
+
+def keypoint_box(
+    xy: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    padding: float,
+    width: float,
+    height: float,
+    min_keypoints: int,
+) -> list[float] | None:
+    """The xyxy box around the keypoints scoring at least ``threshold``, grown ``padding`` times about its centre
+    and clipped to the image; ``None`` with fewer than ``min_keypoints`` such keypoints or an empty box."""
+    keep = np.asarray(scores) >= threshold
+    if int(keep.sum()) < max(1, min_keypoints):
+        return None
+    points = np.asarray(xy)[keep]
+    (x1, y1), (x2, y2) = points.min(0), points.max(0)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = (x2 - x1) * padding / 2, (y2 - y1) * padding / 2
+    box = [
+        max(0.0, cx - half_w),
+        max(0.0, cy - half_h),
+        min(float(width), cx + half_w),
+        min(float(height), cy + half_h),
+    ]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return [float(v) for v in box]
 
 
 @dataclass
@@ -154,10 +184,10 @@ class PoseTracker:
         for n, person in enumerate(people):
             points, point_scores = _person_arrays(person, f"people[{n}]")
             box = _person_box(person, None)
-            if box is None:  # no box: the extent of the confident keypoints
-                keep = point_scores >= self.keypoint_threshold
-                pts = points[keep] if keep.any() else points
-                box = [*pts.min(0), *pts.max(0)]
+            if box is None:  # no box: the extent of the confident keypoints (of all, when none is)
+                box = keypoint_box(points, point_scores, self.keypoint_threshold, 1.0, math.inf, math.inf, 1)
+                if box is None:
+                    box = [*points.min(0), *points.max(0)]
             boxes.append(np.asarray(box, dtype=np.float64))
             xy.append(points)
             scores.append(point_scores)
