@@ -38,6 +38,7 @@ class ResultWriter:
     """Base class: ``write(result)``, ``close()``, and use as a context manager."""
 
     def write(self, result: FrameResult) -> None:  # pragma: no cover - abstract
+        """Write one frame's results."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -106,6 +107,7 @@ class RenderedVideoWriter(ResultWriter):
         self.frames += 1
 
     def close(self) -> None:
+        """Release the video file."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
@@ -120,6 +122,7 @@ class FrameJsonWriter(ResultWriter):
         self.source = source
 
     def write(self, result: FrameResult) -> None:
+        """Write this frame's JSON file."""
         record = result.to_json()
         if self.source is not None:
             record = {"file": self.source, **record}
@@ -137,6 +140,7 @@ class CocoResultsWriter(ResultWriter):
         self.frames: dict[Any, list[dict]] = {}
 
     def write(self, result: FrameResult) -> None:
+        """Keep this frame's people (the file is written at close)."""
         image_id: Any = result.index
         if callable(self.image_ids):
             image_id = self.image_ids(result.index)
@@ -145,6 +149,7 @@ class CocoResultsWriter(ResultWriter):
         self.frames[image_id] = result.people
 
     def close(self) -> None:
+        """Write the COCO results file."""
         write_coco_results(self.path, self.frames, **self.options)
 
 
@@ -158,6 +163,7 @@ class OpenPoseWriter(ResultWriter):
         self.layout = layout
 
     def write(self, result: FrameResult) -> None:
+        """Write this frame's OpenPose JSON file."""
         document = to_openpose(result.people, layout=self.layout, canvas_size=(result.width, result.height))
         with open(self.folder / f"{self.stem}_{result.index:012d}_keypoints.json", "w", encoding="utf-8") as f:
             json.dump(document, f)
