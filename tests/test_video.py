@@ -397,6 +397,29 @@ def test_estimator_savgol_on_jittered_video(video):
     assert error(smooth(video.frames, boxes=boxes)) < error(raw(video.frames, boxes=boxes)) / 1.5
 
 
+def test_savgol_fills_a_track_missed_on_two_frames(video):
+    boxes = [video.boxes(t) for t in range(FRAMES)]
+    for t in (20, 21):  # A is not detected on frames 20 and 21
+        boxes[t] = [video.truth[t][n][0] for n in sorted(video.truth[t]) if n != "A"]
+
+    def run(**smoothing):
+        estimator = VideoPoseEstimator(oracle_pose(video), tracker=PoseTracker("iou", max_age=MAX_AGE), **smoothing)
+        return estimator(video.frames, boxes=boxes)
+
+    plain = identities(video, run())
+    assert [t for t, _ in plain["A"]] == [t for t in range(FRAMES) if t not in (20, 21)]
+    results = run(smooth="savgol", smooth_options={"window": 7, "order": 2, "max_gap": 3})
+    filled = identities(video, results)
+    assert [t for t, _ in filled["A"]] == list(range(FRAMES))  # the gap is filled ...
+    assert len({i for _, i in filled["A"]}) == 1  # ... on the same track
+    for t in (20, 21):
+        (person,) = [p for p in results[t].people if p.get("interpolated")]
+        xy = np.array([[k["x"], k["y"]] for k in person["keypoints"]])
+        _, truth, visible = video.truth[t]["A"]
+        assert np.abs(xy - truth)[visible].max() < 0.5  # A walks in a straight line: the fill is on it
+        assert person["box"] == pytest.approx(video.truth[t]["A"][0], abs=0.5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the real pipeline (wiring)
 # ----------------------------------------------------------------------------------------------------------------

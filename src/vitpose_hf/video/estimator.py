@@ -21,7 +21,8 @@ How a window of frames is processed:
    most ``max_window`` frames).
 3. **Tracking** (:class:`~vitpose_hf.video.tracking.PoseTracker`) gives each person a ``track_id``, in frame order.
 4. **Smoothing**: ``"one-euro"`` (online, times in seconds from the source's frame rate) or ``"savgol"`` (offline:
-   results come once the whole source is read). See :mod:`vitpose_hf.video.smoothing`.
+   results come once the whole source is read; a track missed on at most ``max_gap`` frames gets a person with
+   ``"interpolated": True`` on those frames). See :mod:`vitpose_hf.video.smoothing`.
 
 The pose step is the package's :class:`~vitpose_hf.inference.pipeline.PoseEstimationPipeline`, or any callable with
 its call interface: ``pose(images, boxes=[(M_i, 4) per image], box_format="xyxy", box_scores=[...])`` returning one
@@ -354,6 +355,8 @@ class VideoPoseEstimator:
                 keypoint["x"], keypoint["y"] = float(x), float(y)
 
     def _savgol(self, results: list[FrameResult]) -> None:
+        """Smooth every track over the whole video, and fill its gaps of at most ``max_gap`` frames."""
+        max_gap = self.smooth_options.get("max_gap", 5)
         by_track: dict[int, list[tuple[int, dict]]] = {}
         for position, result in enumerate(results):
             for person in result.people:
@@ -373,6 +376,55 @@ class VideoPoseEstimator:
                 for j, keypoint in enumerate(person["keypoints"]):
                     if row_covered[j].all():
                         keypoint["x"], keypoint["y"] = float(row[j, 0]), float(row[j, 1])
+            for (p0, before), (p1, after) in zip(entries, entries[1:]):
+                if 1 < p1 - p0 <= max_gap + 1:
+                    for q in range(p0 + 1, p1):
+                        results[q].people.append(
+                            self._gap_person(
+                                before,
+                                after,
+                                (q - p0) / (p1 - p0),
+                                values,
+                                smoothed[q - first],
+                                covered[q - first],
+                                p0 - first,
+                                p1 - first,
+                            )
+                        )
+
+    @staticmethod
+    def _gap_person(
+        before: dict,
+        after: dict,
+        w: float,
+        raw: np.ndarray,
+        smoothed: np.ndarray,
+        covered: np.ndarray,
+        i0: int,
+        i1: int,
+    ) -> dict:
+        """A person for a frame where the track was missed: smoothed keypoints where the smoother filled the gap,
+        else the straight line between the neighbours; the box on the line between theirs; the lower scores of the
+        two; ``"interpolated": True``."""
+        line = raw[i0] + w * (raw[i1] - raw[i0])
+        xy = np.where(covered.all(-1)[:, None], smoothed, line)
+        _, s0 = _person_arrays(before, "person")
+        _, s1 = _person_arrays(after, "person")
+        box_format = before.get("box_format", "xywh")
+        b0 = np.asarray(convert_boxes(before["box"], box_format, "xyxy"))
+        b1 = np.asarray(convert_boxes(after["box"], after.get("box_format", "xywh"), "xyxy"))
+        box_scores = [p.get("box_score") for p in (before, after)]
+        person = {k: v for k, v in before.items() if k not in ("box", "box_score", "keypoints")}
+        person.update(
+            box=convert_boxes((b0 + w * (b1 - b0)).tolist(), "xyxy", box_format),
+            box_score=None if None in box_scores else min(box_scores),
+            keypoints=[
+                {"name": kp["name"], "x": float(x), "y": float(y), "score": float(s)}
+                for kp, (x, y), s in zip(before["keypoints"], xy, np.minimum(s0, s1))
+            ],
+            interpolated=True,
+        )
+        return person
 
     def run(
         self, source: Any, boxes: Any = None, box_format: str = "xyxy", fps: float | None = None
