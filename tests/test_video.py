@@ -525,6 +525,36 @@ def test_video_file_source_counts_a_frame_the_decoder_rejects(video, tmp_path, m
     assert source.skipped == 1 and source.skip_reasons == ["frame 2 cannot be decoded"]
 
 
+def test_camera_index_source(video, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in video.frames[:3]]
+
+    class FakeCamera:  # OpenCV's capture interface for device 0: three frames, then the camera stops
+        def __init__(self, index):
+            self.index, self.left = index, list(bgr)
+
+        def isOpened(self):  # noqa: N802 - OpenCV's name
+            return self.index == 0
+
+        def get(self, prop):
+            return 15.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+        def read(self):
+            return (True, self.left.pop(0)) if self.left else (False, None)
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    source = open_source(0)
+    frames = list(source)
+    assert source.name == "camera 0" and source.fps == 15.0 and source.total is None
+    assert [f.index for f in frames] == [0, 1, 2] and [f.time for f in frames] == pytest.approx([0, 1 / 15, 2 / 15])
+    np.testing.assert_array_equal(frames[1].image, video.frames[1])
+    with pytest.raises(VideoSourceError, match="camera 3"):
+        open_source(3)
+
+
 def test_bad_estimator_inputs(video):
     with pytest.raises(ValueError, match="needs a detector"):
         VideoPoseEstimator(oracle_pose(video))(video.frames[:2])
