@@ -188,7 +188,7 @@ def test_shard_plan_covers_every_row_once_and_assigns_round_robin(num_rows, shar
             assert rows == range(shard * shard_size, min((shard + 1) * shard_size, num_rows))
             seen.extend(rows)
     assert sorted(seen) == list(range(num_rows))
-    assert plan.num_shards == (num_rows + shard_size - 1) // shard_size
+    assert plan.num_shards == max(1, (num_rows + shard_size - 1) // shard_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -521,3 +521,106 @@ def test_wiring_push_to_hub_uploads_the_parquet_shards_and_card(work, single_run
     assert calls[1][0] == "upload_folder" and calls[1][2]["repo_type"] == "dataset"
     assert calls[2] == ("files", ["README.md"] + [f"data/shard-0000{i}-of-00003.parquet" for i in range(3)])
     assert "pushed to https://huggingface.co/datasets/someone/poses" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Other sources: a detector, a column of relative paths; an empty selection
+# ----------------------------------------------------------------------------------------------------------------
+def test_detector_boxes_are_used_and_reported_with_their_scores_and_labels(work):
+    records = work["records"][:4]  # the four mmpose photos have distinct sizes: the detector finds them by size
+    by_size = {(r["width"], r["height"]): r for r in records}
+    seen = []
+
+    def detector(images):
+        out = []
+        for image in images:
+            record = by_size[image.size]
+            seen.append(record["file_name"])
+            out.append(
+                [
+                    {"box": [x, y, x + w, y + h], "score": 0.9 - 0.1 * k, "label": "person"}
+                    for k, (x, y, w, h) in enumerate(record["boxes"])
+                ]
+                + [{"box": [0, 0, 5, 5], "score": 0.99, "label": "dog"}]  # not a person: dropped
+            )
+        return out
+
+    args = _args(
+        str(work["dataset"]),
+        "--model",
+        str(work["model"]),
+        "--max-samples",
+        "4",
+        "--output-dir",
+        str(work["root"] / "detector"),
+        "--no-progress",
+    )
+    args.detector = detector  # the Python API takes any detector the pipeline takes
+    assert annotate_cli.run(args) == 0
+    assert sorted(seen) == sorted(r["file_name"] for r in records)
+    ds = _load(work["root"] / "detector")
+    for row, record in zip(ds, records):
+        np.testing.assert_allclose(np.asarray(row["boxes"]), np.asarray(record["boxes"]), atol=1e-9)
+        np.testing.assert_allclose(row["box_scores"], [0.9 - 0.1 * k for k in range(len(record["boxes"]))], atol=1e-6)
+        assert row["box_labels"] == ["person"] * len(record["boxes"])
+
+
+def test_string_path_column_with_an_image_root(work, shared_data):
+    records = work["records"][:2]
+    folder = _plain_dataset(
+        work["root"] / "paths",
+        {"picture": [r["file_name"] for r in records], "boxes": [r["boxes"] for r in records]},
+        {"picture": datasets.Value("string"), "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
+    )
+    out = work["root"] / "paths_out"
+    argv = [
+        str(folder),
+        "--model",
+        str(work["model"]),
+        "--image-column",
+        "picture",
+        "--image-root",
+        str(shared_data / "mmpose" / "coco"),
+        "--box-column",
+        "boxes",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
+    assert annotate_cli.run(_args(*argv)) == 0
+    ds = _load(out)
+    assert ds["file_name"] == [r["file_name"] for r in records]
+    assert ds["width"] == [r["width"] for r in records] and ds["num_people"] == [len(r["boxes"]) for r in records]
+
+
+def test_empty_selection_and_all_skipped_shard_give_empty_results(work):
+    import pyarrow.parquet as pq
+
+    out = work["root"] / "empty"
+    assert annotate_cli.run(_args(*_base(work, out, "--max-samples", "0"))) == 0
+    table = pq.read_table(out / "data" / "shard-00000-of-00001.parquet")  # (`datasets` refuses a 0-row split)
+    assert table.num_rows == 0 and "keypoints" in table.column_names
+
+    broken = {"bytes": b"not an image", "path": "x.jpg"}
+    first = work["records"][0]
+    folder = _plain_dataset(
+        work["root"] / "all_broken_shard",
+        {"image": [broken, broken, str(first["path"])], "boxes": [[], [], first["boxes"]]},
+        {"image": datasets.Image(), "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
+    )
+    out = work["root"] / "all_broken_shard_out"
+    argv = [
+        str(folder),
+        "--model",
+        str(work["model"]),
+        "--box-column",
+        "boxes",
+        "--shard-size",
+        "2",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
+    assert annotate_cli.run(_args(*argv)) == 0
+    ds = _load(out)  # shard 0 holds no rows; the dataset loads with the one good row
+    assert ds["index"] == [2] and ds["num_people"] == [len(first["boxes"])]

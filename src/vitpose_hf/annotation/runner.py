@@ -99,6 +99,12 @@ def _file_sha256(path: str) -> str:
 def settings_of(args: argparse.Namespace, num_rows: int, columns: list[str]) -> dict[str, Any]:
     """The settings that decide the output (all arguments but the run-only ones), with the input's size."""
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _RUN_ONLY and not k.startswith("_")}
+    for key in ("input", "model", "boxes", "image_root", "detector"):
+        value = settings.get(key)
+        if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+            settings[key] = os.path.abspath(value)  # the same folder named another way is the same run
+        elif value is not None and not isinstance(value, str):  # an object given through the Python API
+            settings[key] = f"{type(value).__module__}.{type(value).__qualname__}"
     if getattr(args, "boxes", None):
         settings["boxes_sha256"] = _file_sha256(args.boxes)  # the same file name with other boxes is another run
     settings["num_rows"] = num_rows

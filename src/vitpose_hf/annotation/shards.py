@@ -1,6 +1,7 @@
 """Shards of an annotation run: which rows each holds, which process writes it, and how it is written and resumed.
 
-The input rows ``0 .. num_rows - 1`` are cut into fixed-size shards (``shard_size`` rows, the last one shorter);
+The input rows ``0 .. num_rows - 1`` are cut into fixed-size shards (``shard_size`` rows, the last one shorter; an
+empty input has one empty shard);
 shard ``i`` is written by process ``i % num_processes``. The plan depends only on the number of rows and the shard
 size, so a run resumed with another number of processes writes the same shards.
 
@@ -56,8 +57,8 @@ class ShardPlan:
 
     @property
     def num_shards(self) -> int:
-        """Number of shards (0 for an empty input)."""
-        return -(-self.num_rows // self.shard_size)
+        """Number of shards; an empty input has one empty shard, so that its output is an empty Parquet table."""
+        return max(1, -(-self.num_rows // self.shard_size))
 
     def rows(self, shard: int) -> range:
         """The input rows of one shard."""
@@ -193,7 +194,10 @@ class OutputFolder:
         self.tmp.mkdir(parents=True, exist_ok=True)
         path = self.shard_path(shard)
         tmp = self.tmp / f"{path.name}.{os.getpid()}.tmp"
-        pq.write_table(table, tmp)
+        # an empty shard gets no row group at all: `datasets` cannot read a 0-row row group (batch size 0)
+        with pq.ParquetWriter(tmp, table.schema) as writer:
+            if table.num_rows:
+                writer.write_table(table)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
