@@ -98,6 +98,11 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def _cli(work, source, out, *extra: str) -> argparse.Namespace:
+    """Arguments of a run on `source` with the tiny checkpoint, without progress output."""
+    return _args(str(source), "--model", str(work["model"]), "--output-dir", str(out), "--no-progress", *extra)
+
+
 def _base(work, out: Path, *extra: str) -> list[str]:
     return [
         str(work["dataset"]),
@@ -231,24 +236,11 @@ def test_single_process_rows_match_the_coco_files_and_the_pipeline(work, single_
 # ----------------------------------------------------------------------------------------------------------------
 def test_two_processes_with_accelerate_equal_a_single_process_run(work, single_run):
     out = work["root"] / "two"
-    cmd = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        *_module_command(),
-        *_base(work, out),
-    ]
+    # without GPUs, --multi_gpu is accelerate's multi-process launcher and the processes use gloo on the CPU
+    launch = "launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    port = ["--main_process_port", str(_free_port())]
+    cmd = [accelerate, *launch.split(), *port, "-m", *_module_command(), *_base(work, out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("image(s),") == 1  # one summary, from the main process
@@ -331,19 +323,8 @@ def test_coco_detections_file_gives_each_image_its_boxes(work, shared_data, sour
     else:  # matched by the image_id column: the file names say nothing
         renamed = [{**r, "file_name": f"photo_{i}.jpg"} for i, r in enumerate(coco_records)]
         input_, out = _save_dataset(renamed, work["root"] / "renamed"), work["root"] / "det_ids"
-    argv = [
-        str(input_),
-        "--model",
-        str(work["model"]),
-        "--boxes",
-        str(detections),
-        "--box-threshold",
-        "0.5",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 0
+    argv = _cli(work, str(input_), str(out), "--boxes", str(detections), "--box-threshold", "0.5")
+    assert annotate_cli.run(argv) == 0
     ds = _load(out)
     expected = _expected_detections(shared_data, 0.5)
     assert len(ds) == 4
@@ -373,17 +354,8 @@ def test_box_column_of_the_wrong_shape_is_a_clear_error(work, capsys):
         {**image, "boxes": datasets.List(datasets.Value("float64"))},
     )
     out = work["root"] / "flat_out"
-    argv = [
-        str(flat),
-        "--model",
-        str(work["model"]),
-        "--box-column",
-        "boxes",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 2
+    argv = _cli(work, str(flat), str(out), "--box-column", "boxes")
+    assert annotate_cli.run(argv) == 2
     err = capsys.readouterr().err
     assert "--box-column 'boxes'" in err and "list of boxes per row" in err and "[[x, y, w, h]]" in err
     assert not (out / "data").exists()  # refused before any work
@@ -393,31 +365,13 @@ def test_box_column_of_the_wrong_shape_is_a_clear_error(work, capsys):
         {"image": [str(r["path"]) for r in records], "boxes": [records[0]["boxes"], [[1.0, 2.0, 3.0, 4.0, 5.0]]]},
         {**image, "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
     )
-    argv = [
-        str(five),
-        "--model",
-        str(work["model"]),
-        "--box-column",
-        "boxes",
-        "--output-dir",
-        str(work["root"] / "five_out"),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 2
+    argv = _cli(work, str(five), str(work["root"] / "five_out"), "--box-column", "boxes")
+    assert annotate_cli.run(argv) == 2
     err = capsys.readouterr().err
     assert "row 1" in err and "(N, 4)" in err
 
-    missing = [
-        str(five),
-        "--model",
-        str(work["model"]),
-        "--box-column",
-        "bbox",
-        "--output-dir",
-        str(work["root"] / "missing_out"),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*missing)) == 2
+    missing = _cli(work, str(five), str(work["root"] / "missing_out"), "--box-column", "bbox")
+    assert annotate_cli.run(missing) == 2
     assert "'bbox' is not a column" in capsys.readouterr().err
 
 
@@ -427,15 +381,8 @@ def test_dataset_without_an_image_column_is_a_clear_error(work, capsys):
         {"file_name": ["a.jpg"], "boxes": [[[0.0, 0.0, 10.0, 10.0]]]},
         {"file_name": datasets.Value("string"), "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
     )
-    argv = [
-        str(folder),
-        "--model",
-        str(work["model"]),
-        "--output-dir",
-        str(work["root"] / "no_image_out"),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 2
+    argv = _cli(work, str(folder), str(work["root"] / "no_image_out"))
+    assert annotate_cli.run(argv) == 2
     err = capsys.readouterr().err
     assert "no image column" in err and "file_name" in err and "--image-column" in err
 
@@ -458,19 +405,8 @@ def test_unreadable_images_are_counted_skips_never_rows(work, capsys):
         },
     )
     out = work["root"] / "broken_out"
-    argv = [
-        str(folder),
-        "--model",
-        str(work["model"]),
-        "--box-column",
-        "boxes",
-        "--output-dir",
-        str(out),
-        "--shard-size",
-        "2",
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 0
+    argv = _cli(work, str(folder), str(out), "--box-column", "boxes", "--shard-size", "2")
+    assert annotate_cli.run(argv) == 0
     printed = capsys.readouterr().out
     assert "1 unreadable image(s) skipped" in printed and "skipped row 1" in printed
     ds = _load(out)
@@ -486,8 +422,8 @@ def test_unreadable_images_are_counted_skips_never_rows(work, capsys):
     shutil.copy(records[0]["path"], images / "a.jpg")
     (images / "b.jpg").write_bytes(Path(records[1]["path"]).read_bytes()[:200])
     out2 = work["root"] / "broken_folder_out"
-    argv = [str(images), "--model", str(work["model"]), "--output-dir", str(out2), "--no-progress"]
-    assert annotate_cli.run(_args(*argv)) == 0
+    argv = _cli(work, str(images), str(out2))
+    assert annotate_cli.run(argv) == 0
     ds2 = _load(out2)
     assert ds2["file_name"] == ["a.jpg"] and ds2["num_people"] == [1]  # no boxes: the whole image is one box
     summary2 = json.loads((out2 / "annotate_state" / "summary.json").read_text())
@@ -545,16 +481,7 @@ def test_detector_boxes_are_used_and_reported_with_their_scores_and_labels(work)
             )
         return out
 
-    args = _args(
-        str(work["dataset"]),
-        "--model",
-        str(work["model"]),
-        "--max-samples",
-        "4",
-        "--output-dir",
-        str(work["root"] / "detector"),
-        "--no-progress",
-    )
+    args = _cli(work, work["dataset"], work["root"] / "detector", "--max-samples", "4")
     args.detector = detector  # the Python API takes any detector the pipeline takes
     assert annotate_cli.run(args) == 0
     assert sorted(seen) == sorted(r["file_name"] for r in records)
@@ -573,21 +500,18 @@ def test_string_path_column_with_an_image_root(work, shared_data):
         {"picture": datasets.Value("string"), "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
     )
     out = work["root"] / "paths_out"
-    argv = [
+    argv = _cli(
+        work,
         str(folder),
-        "--model",
-        str(work["model"]),
+        str(out),
         "--image-column",
         "picture",
         "--image-root",
         str(shared_data / "mmpose" / "coco"),
         "--box-column",
         "boxes",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 0
+    )
+    assert annotate_cli.run(argv) == 0
     ds = _load(out)
     assert ds["file_name"] == [r["file_name"] for r in records]
     assert ds["width"] == [r["width"] for r in records] and ds["num_people"] == [len(r["boxes"]) for r in records]
@@ -609,18 +533,7 @@ def test_empty_selection_and_all_skipped_shard_give_empty_results(work):
         {"image": datasets.Image(), "boxes": datasets.List(datasets.List(datasets.Value("float64")))},
     )
     out = work["root"] / "all_broken_shard_out"
-    argv = [
-        str(folder),
-        "--model",
-        str(work["model"]),
-        "--box-column",
-        "boxes",
-        "--shard-size",
-        "2",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
-    assert annotate_cli.run(_args(*argv)) == 0
+    argv = _cli(work, str(folder), str(out), "--box-column", "boxes", "--shard-size", "2")
+    assert annotate_cli.run(argv) == 0
     ds = _load(out)  # shard 0 holds no rows; the dataset loads with the one good row
     assert ds["index"] == [2] and ds["num_people"] == [len(first["boxes"])]

@@ -158,14 +158,17 @@ class DatasetReader:
         self.image_root = Path(image_root) if image_root is not None else None
         self.dataset = dataset
         self.features = features
+        self._views: dict[tuple[str, ...], Any] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def read(self, rows: range, columns: Sequence[str]) -> dict[str, list]:
         """The raw values of ``columns`` (and the image column, undecoded) for a range of rows."""
-        wanted = [c for c in dict.fromkeys([self.image_column, *columns]) if c is not None]
-        view = self.dataset.select_columns(wanted)
+        wanted = tuple(c for c in dict.fromkeys([self.image_column, *columns]) if c is not None)
+        view = self._views.get(wanted)
+        if view is None:
+            view = self._views[wanted] = self.dataset.select_columns(list(wanted))
         return view[rows.start : rows.stop]
 
     def image_id(self, batch: Mapping[str, list], j: int) -> Any:

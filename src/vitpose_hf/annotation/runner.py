@@ -29,11 +29,14 @@ rows missing from a ``--boxes`` file get no people and are counted as ``unmatche
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ _RUN_ONLY = {
     "no_progress",
     "batch_size",
     "images_per_call",
+    "decode_workers",
     "device",
     "push_to_hub",
     "private",
@@ -148,6 +152,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("shard_size", "batch_size", "images_per_call"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.decode_workers < 0:
+        raise InputError(f"--decode-workers must be at least 0, got {args.decode_workers}")
     if args.max_samples is not None and args.max_samples < 0:
         raise InputError(f"--max-samples must be at least 0, got {args.max_samples}")
 
@@ -155,8 +161,11 @@ def _check_args(args: argparse.Namespace) -> None:
 class _ShardWriter:
     """Annotates the rows of one shard."""
 
-    def __init__(self, args: argparse.Namespace, reader: DatasetReader, pipe: Any, box_source: Any) -> None:
+    def __init__(
+        self, args: argparse.Namespace, reader: DatasetReader, pipe: Any, box_source: Any, pool: Any = None
+    ) -> None:
         self.args = args
+        self.pool = pool
         self.reader = reader
         self.pipe = pipe
         self.box_source = box_source
@@ -166,7 +175,15 @@ class _ShardWriter:
         extra = box_source.columns if isinstance(box_source, BoxColumn) else []
         self.columns = [c for c in [reader.id_column, reader.file_column, *extra] if c]
 
+    def _submit(self, part: range) -> tuple[range, dict[str, list], list[Any]]:
+        """Read a chunk of rows and start decoding its images (on the pool's threads when there is one)."""
+        batch = self.reader.read(part, self.columns)
+        if self.pool is None:
+            return part, batch, [self.reader.decode(batch, j) for j in range(len(part))]
+        return part, batch, [self.pool.submit(self.reader.decode, batch, j) for j in range(len(part))]
+
     def run(self, rows: range, progress: Any) -> tuple[Any, dict[str, Any]]:
+        """Annotate the rows of one shard: its Parquet table and its counts."""
         import pyarrow as pa
         import torch
 
@@ -177,12 +194,17 @@ class _ShardWriter:
         unmatched = 0
         people = 0
         step = self.args.images_per_call
-        for start in range(rows.start, rows.stop, step):
-            part = range(start, min(start + step, rows.stop))
-            batch = self.reader.read(part, self.columns)
+        parts = iter([range(a, min(a + step, rows.stop)) for a in range(rows.start, rows.stop, step)])
+        # the next chunk's images decode while the model runs on this one (order is kept: results are identical)
+        pending = deque(self._submit(part) for part in itertools.islice(parts, 2))
+        while pending:
+            part, batch, decoding = pending.popleft()
+            following = next(parts, None)
+            if following is not None:
+                pending.append(self._submit(following))
             images, metas, boxes, scores = [], [], [], []
             for j, row in enumerate(part):
-                decoded = self.reader.decode(batch, j)
+                decoded = decoding[j] if self.pool is None else decoding[j].result()
                 image_id = self.reader.image_id(batch, j)
                 if decoded.error is not None:
                     skipped.append(
@@ -275,8 +297,6 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
     ``on_shard_written(shard)`` is called after each shard this process completes (e.g. to report progress).
     Returns the summary of the whole run on the main process, None on the others.
     """
-    from tqdm.auto import tqdm
-
     _check_args(args)
     state = _process_state(args.cpu)
     dataset = open_dataset(args.input, args.split, args.config_name, args.revision)
@@ -301,7 +321,8 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
         index = pipe.model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
         labels = pipe.model.config.datasets[index].get("detector_labels") or ["person"]
         box_source = BoxFile(args.boxes, labels, args.box_threshold, args.box_format)
-    writer = _ShardWriter(args, reader, pipe, box_source)
+    pool = ThreadPoolExecutor(args.decode_workers, "annotate-decode") if args.decode_workers > 0 else None
+    writer = _ShardWriter(args, reader, pipe, box_source, pool)
     mine = plan.shards_of(state.process_index, state.num_processes)
     todo = [s for s in mine if folder.completed(s, manifest["fingerprint"]) is None]
     if len(todo) < len(mine):
@@ -311,6 +332,30 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
             len(mine) - len(todo),
             len(mine),
         )
+    try:
+        _write_shards(args, state, folder, plan, writer, todo, manifest["fingerprint"], on_shard_written)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return _finish(args, folder, manifest, writer.info)
+
+
+def _write_shards(
+    args: argparse.Namespace,
+    state: Any,
+    folder: OutputFolder,
+    plan: ShardPlan,
+    writer: _ShardWriter,
+    todo: list[int],
+    fingerprint_: str,
+    on_shard_written: Callable[[int], None] | None,
+) -> None:
+    """This process's remaining shards, one after the other, with a progress bar and a throughput line."""
+    from tqdm.auto import tqdm
+
     totals = {"images": 0, "people": 0}
     started = time.perf_counter()
     with tqdm(
@@ -328,7 +373,7 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
                 "shard": shard,
                 "start": rows.start,
                 "stop": rows.stop,
-                "fingerprint": manifest["fingerprint"],
+                "fingerprint": fingerprint_,
                 "process": state.process_index,
                 **counts,
             }
@@ -353,10 +398,6 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
             totals["images"] / seconds,
             totals["people"] / seconds,
         )
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    return _finish(args, folder, manifest, writer.info)
 
 
 def _finish(args: argparse.Namespace, folder: OutputFolder, manifest: dict[str, Any], info: dict) -> dict[str, Any]:

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images-per-call", type=int, default=8, metavar="N", help="images whose crops share a pipeline call"
     )
+    parser.add_argument(
+        "--decode-workers", type=int, default=4, metavar="N", help="threads decoding the next images (0: none)"
+    )
     parser.add_argument("--device", default=None, help="default: this process's Accelerate device")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even with GPUs")
     parser.add_argument(
