@@ -537,3 +537,31 @@ def test_empty_selection_and_all_skipped_shard_give_empty_results(work):
     assert annotate_cli.run(argv) == 0
     ds = _load(out)  # shard 0 holds no rows; the dataset loads with the one good row
     assert ds["index"] == [2] and ds["num_people"] == [len(first["boxes"])]
+
+
+def test_xyxy_box_column_gives_the_same_xywh_boxes_and_keypoints(work, single_run):
+    records = work["records"]
+    xyxy = [[[x, y, x + w, y + h] for x, y, w, h in r["boxes"]] for r in records]  # converted here, by hand
+    folder = _plain_dataset(
+        work["root"] / "xyxy",
+        {"image": [str(r["path"]) for r in records], "corners": xyxy},
+        {"image": datasets.Image(), "corners": datasets.List(datasets.List(datasets.Value("float64")))},
+    )
+    out = work["root"] / "xyxy_out"
+    args = _cli(work, folder, out, "--box-column", "corners", "--box-format", "xyxy", "--shard-size", str(SHARD_SIZE))
+    assert annotate_cli.run(args) == 0
+    ds, reference = _load(out), _load(single_run)
+    for row, ref in zip(ds, reference):
+        np.testing.assert_allclose(np.asarray(row["boxes"]), np.asarray(ref["boxes"]), atol=1e-9)
+        np.testing.assert_allclose(np.asarray(row["keypoints"]), np.asarray(ref["keypoints"]), atol=1e-3)
+
+
+def test_bad_arguments_are_clear_errors(work, capsys):
+    missing = work["root"] / "no_such_folder"
+    assert annotate_cli.run(_cli(work, f"./{missing.relative_to(missing.anchor)}x/y", work["root"] / "o1")) == 2
+    assert "no such dataset folder" in capsys.readouterr().err
+    two = _cli(work, work["dataset"], work["root"] / "o2", "--box-column", "boxes", "--boxes", "b.json")
+    assert annotate_cli.run(two) == 2
+    assert "one box source" in capsys.readouterr().err
+    assert annotate_cli.run(_cli(work, work["dataset"], work["root"] / "o3", "--shard-size", "0")) == 2
+    assert "--shard-size must be at least 1" in capsys.readouterr().err

@@ -68,7 +68,10 @@ def open_dataset(
     elif source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1):
         raise InputError(f"no such dataset folder: {source!r}")
     else:
-        loaded = datasets.load_dataset(source, name=config_name, revision=revision)
+        try:
+            loaded = datasets.load_dataset(source, name=config_name, revision=revision)
+        except (FileNotFoundError, ConnectionError) as exc:  # datasets' DatasetNotFoundError is a FileNotFoundError
+            raise InputError(f"cannot load the Hub dataset {source!r} (nor is it a local folder): {exc}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split is None:
             if len(loaded) != 1:

@@ -45,7 +45,7 @@ import numpy as np
 from vitpose_hf.annotation.inputs import BoxColumn, BoxFile, DatasetReader, InputError, open_dataset
 from vitpose_hf.annotation.shards import OutputFolder, ShardPlan, atomic_write_bytes, atomic_write_json, fingerprint
 
-__all__ = ["FORMAT_VERSION", "annotate", "format_summary", "output_schema", "settings_of"]
+__all__ = ["FORMAT_VERSION", "IncompleteRunError", "annotate", "format_summary", "output_schema", "settings_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ _RUN_ONLY = {
     "token",
     "cpu",
 }
+
+
+class IncompleteRunError(RuntimeError):
+    """Shards are missing at the end of a run (a process failed, or the machines do not share --output-dir)."""
 
 
 def output_schema(image_id_is_int: bool) -> Any:
@@ -130,7 +134,7 @@ def _build_pipeline(args: argparse.Namespace, device: Any) -> Any:
     from vitpose_hf.inference.hub import choose_dtype
     from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
 
-    dtype = None if args.dtype in ("auto", "float32") else args.dtype
+    dtype = None if args.dtype == "auto" else args.dtype  # float32 is explicit: a bf16 checkpoint is cast
     model = load_pose_model(args.model, torch_dtype=dtype)
     kwargs: dict[str, Any] = {"batch_size": args.batch_size, "box_format": "xywh", "flip_test": args.flip_test}
     if args.dataset is not None:
@@ -411,7 +415,10 @@ def _finish(args: argparse.Namespace, folder: OutputFolder, manifest: dict[str, 
     for shard in range(folder.plan.num_shards):
         marker = folder.completed(shard, manifest["fingerprint"])
         if marker is None:
-            raise RuntimeError(f"shard {shard} is not complete after the run; run the same command again to redo it")
+            raise IncompleteRunError(
+                f"shard {shard} is not complete after the run: run the same command again to redo it (on several "
+                "machines, --output-dir must be a folder that every machine shares)"
+            )
         summary["images"] += marker["images"]
         summary["people"] += marker["people"]
         summary["skipped"].extend(marker["skipped"])

@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, on_shard_written=None) -> int:
     """Run ``vitpose-hf annotate``; bad inputs print one error line and return 2."""
     from vitpose_hf.annotation.inputs import InputError
-    from vitpose_hf.annotation.runner import annotate, format_summary
+    from vitpose_hf.annotation.runner import IncompleteRunError, annotate, format_summary
     from vitpose_hf.inference.hub import HubUnreachableError
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -96,6 +96,9 @@ def run(args: argparse.Namespace, on_shard_written=None) -> int:
     except (InputError, ValueError, TypeError) as exc:
         print(f"vitpose-hf annotate: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, IncompleteRunError) as exc:
+        print(f"vitpose-hf annotate: error: {exc}", file=sys.stderr)
+        return 1
     if summary is not None:
         print(format_summary(summary, args.output_dir))
     return 0
