@@ -565,3 +565,20 @@ def test_bad_arguments_are_clear_errors(work, capsys):
     assert "one box source" in capsys.readouterr().err
     assert annotate_cli.run(_cli(work, work["dataset"], work["root"] / "o3", "--shard-size", "0")) == 2
     assert "--shard-size must be at least 1" in capsys.readouterr().err
+
+
+def test_project_hub_schema_boxes_from_a_struct_list_field(work, shared_data):
+    from vitpose_hf.data.hub_dataset import coco_to_dataset
+
+    annotations = shared_data / "mmpose" / "coco" / "test_coco.json"
+    dataset, _, _ = coco_to_dataset(annotations, cache_dir=work["root"] / "cache")
+    folder = work["root"] / "hub_schema"
+    dataset.save_to_disk(str(folder))
+    out = work["root"] / "hub_schema_out"
+    assert annotate_cli.run(_cli(work, folder, out, "--box-column", "objects.bbox")) == 0
+    coco = json.loads(annotations.read_text())
+    ds = _load(out)
+    assert ds["image_id"] == [im["id"] for im in coco["images"]]
+    for row, image in zip(ds, coco["images"]):
+        want = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image["id"]]
+        np.testing.assert_allclose(np.asarray(row["boxes"]), np.asarray(want), rtol=1e-6)  # float32 in the schema
