@@ -582,3 +582,16 @@ def test_project_hub_schema_boxes_from_a_struct_list_field(work, shared_data):
     for row, image in zip(ds, coco["images"]):
         want = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image["id"]]
         np.testing.assert_allclose(np.asarray(row["boxes"]), np.asarray(want), rtol=1e-6)  # float32 in the schema
+
+
+def test_progress_and_throughput_are_shown_unless_no_progress(work, capsys):
+    argv = [str(work["dataset"]), "--model", str(work["model"]), "--box-column", "boxes", "--max-samples", "2"]
+    parser = argparse.ArgumentParser()
+    annotate_cli.add_arguments(parser)
+    assert annotate_cli.run(parser.parse_args([*argv, "--output-dir", str(work["root"] / "loud")])) == 0
+    err = capsys.readouterr().err
+    assert "annotate 1/1" in err and "images_per_s" in err and "people_per_s" in err  # the bar and its rates
+    assert "process 1/1: 2 images" in err and "images/s" in err and "people/s" in err  # the closing line
+    assert annotate_cli.run(_cli(work, work["dataset"], work["root"] / "quiet", "--box-column", "boxes")) == 0
+    err = capsys.readouterr().err
+    assert "annotate 1/1" not in err and "images/s" not in err

@@ -69,7 +69,12 @@ def open_dataset(
         raise InputError(f"no such dataset folder: {source!r}")
     else:
         try:
-            loaded = datasets.load_dataset(source, name=config_name, revision=revision)
+            # only the split asked for is downloaded
+            loaded = datasets.load_dataset(source, name=config_name, split=split, revision=revision)
+        except ValueError as exc:
+            if "split" in str(exc).lower():  # datasets' "Unknown split"
+                raise InputError(f"{source!r} has no split {split!r} ({exc})") from None
+            raise
         except (FileNotFoundError, ConnectionError) as exc:  # datasets' DatasetNotFoundError is a FileNotFoundError
             raise InputError(f"cannot load the Hub dataset {source!r} (nor is it a local folder): {exc}") from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -80,7 +85,7 @@ def open_dataset(
         if split not in loaded:
             raise InputError(f"{source!r} has no split {split!r}; its splits are {sorted(loaded)}")
         return loaded[split]
-    if split is not None and split != "train" and split != str(getattr(loaded, "split", None)):
+    if split is not None and split != "train" and split != str(getattr(loaded, "split", None) or ""):
         raise InputError(f"{source!r} is a single dataset, not a dataset with the split {split!r}")
     return loaded
 

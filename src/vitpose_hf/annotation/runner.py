@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import os
 import sys
 import time
@@ -46,8 +45,6 @@ from vitpose_hf.annotation.inputs import BoxColumn, BoxFile, DatasetReader, Inpu
 from vitpose_hf.annotation.shards import OutputFolder, ShardPlan, atomic_write_bytes, atomic_write_json, fingerprint
 
 __all__ = ["FORMAT_VERSION", "IncompleteRunError", "annotate", "format_summary", "output_schema", "settings_of"]
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # arguments that do not change the output: they may differ between a run and its resumption
@@ -147,6 +144,12 @@ def _build_pipeline(args: argparse.Namespace, device: Any) -> Any:
     if args.dtype == "auto":
         pipe.model.to(choose_dtype("auto", pipe.device))
     return pipe
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A progress line on stderr (each process its own), unless --no-progress."""
+    if not args.no_progress:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -330,11 +333,10 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
     mine = plan.shards_of(state.process_index, state.num_processes)
     todo = [s for s in mine if folder.completed(s, manifest["fingerprint"]) is None]
     if len(todo) < len(mine):
-        logger.info(
-            "process %d: %d of its %d shards were already complete",
-            state.process_index,
-            len(mine) - len(todo),
-            len(mine),
+        _say(
+            args,
+            f"process {state.process_index + 1}/{state.num_processes}: {len(mine) - len(todo)} of its "
+            f"{len(mine)} shards were complete already; doing the other {len(todo)}",
         )
     try:
         _write_shards(args, state, folder, plan, writer, todo, manifest["fingerprint"], on_shard_written)
@@ -391,16 +393,12 @@ def _write_shards(
             if on_shard_written is not None:
                 on_shard_written(shard)
     seconds = max(time.perf_counter() - started, 1e-9)
-    if not args.no_progress and todo:
-        logger.info(
-            "process %d/%d: %d images, %d people in %.1f s (%.2f images/s, %.2f people/s)",
-            state.process_index + 1,
-            state.num_processes,
-            totals["images"],
-            totals["people"],
-            seconds,
-            totals["images"] / seconds,
-            totals["people"] / seconds,
+    if todo:
+        _say(
+            args,
+            f"process {state.process_index + 1}/{state.num_processes}: {totals['images']} images, {totals['people']} "
+            f"people in {seconds:.1f} s ({totals['images'] / seconds:.2f} images/s, "
+            f"{totals['people'] / seconds:.2f} people/s)",
         )
 
 

@@ -15,7 +15,6 @@ keeps its complete shards and redoes the rest; other arguments are refused (``--
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from vitpose_hf.boxes import BOX_FORMATS
@@ -86,8 +85,6 @@ def run(args: argparse.Namespace, on_shard_written=None) -> int:
     from vitpose_hf.annotation.runner import IncompleteRunError, annotate, format_summary
     from vitpose_hf.inference.hub import HubUnreachableError
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("vitpose_hf").setLevel(logging.WARNING if args.no_progress else logging.INFO)
     try:
         summary = annotate(args, on_shard_written=on_shard_written)
     except HubUnreachableError as exc:
