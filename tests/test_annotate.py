@@ -539,21 +539,31 @@ def test_empty_selection_and_all_skipped_shard_give_empty_results(work):
     assert ds["index"] == [2] and ds["num_people"] == [len(first["boxes"])]
 
 
-def test_xyxy_box_column_gives_the_same_xywh_boxes_and_keypoints(work, single_run):
+def test_xyxy_box_column_with_scores_and_a_threshold(work, single_run):
     records = work["records"]
     xyxy = [[[x, y, x + w, y + h] for x, y, w, h in r["boxes"]] for r in records]  # converted here, by hand
+    scores = [[0.9 if k % 2 == 0 else 0.2 for k in range(len(r["boxes"]))] for r in records]
     folder = _plain_dataset(
         work["root"] / "xyxy",
-        {"image": [str(r["path"]) for r in records], "corners": xyxy},
-        {"image": datasets.Image(), "corners": datasets.List(datasets.List(datasets.Value("float64")))},
+        {"image": [str(r["path"]) for r in records], "corners": xyxy, "conf": scores},
+        {
+            "image": datasets.Image(),
+            "corners": datasets.List(datasets.List(datasets.Value("float64"))),
+            "conf": datasets.List(datasets.Value("float32")),
+        },
     )
     out = work["root"] / "xyxy_out"
-    args = _cli(work, folder, out, "--box-column", "corners", "--box-format", "xyxy", "--shard-size", str(SHARD_SIZE))
-    assert annotate_cli.run(args) == 0
-    ds, reference = _load(out), _load(single_run)
-    for row, ref in zip(ds, reference):
-        np.testing.assert_allclose(np.asarray(row["boxes"]), np.asarray(ref["boxes"]), atol=1e-9)
-        np.testing.assert_allclose(np.asarray(row["keypoints"]), np.asarray(ref["keypoints"]), atol=1e-3)
+    extra = ["--box-column", "corners", "--box-format", "xyxy", "--box-score-column", "conf", "--box-threshold", "0.5"]
+    assert annotate_cli.run(_cli(work, folder, out, *extra)) == 0
+    for row, ref, conf in zip(_load(out), _load(single_run), scores):
+        keep = [k for k, c in enumerate(conf) if c >= 0.5]  # every other box
+        assert row["num_people"] == len(keep) and row["box_scores"] == pytest.approx([conf[k] for k in keep])
+        np.testing.assert_allclose(
+            np.asarray(row["boxes"]).reshape(-1, 4), np.asarray(ref["boxes"])[keep].reshape(-1, 4)
+        )
+        np.testing.assert_allclose(
+            np.asarray(row["keypoints"]).reshape(-1), np.asarray(ref["keypoints"])[keep].reshape(-1), atol=1e-3
+        )
 
 
 def test_bad_arguments_are_clear_errors(work, capsys):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 
 from vitpose_hf.boxes import convert_boxes, short_repr, validate_boxes
 from vitpose_hf.cli.predict import COCO_CATEGORY_NAMES, BoxTable, InputError, load_boxes_file
@@ -200,7 +201,7 @@ class DatasetReader:
                 file_name = os.path.basename(path)
             try:
                 image = self.decoder.decode_example(value)
-            except (OSError, ValueError, SyntaxError, TypeError, AttributeError) as exc:
+            except (OSError, ValueError, SyntaxError, TypeError, PIL.Image.DecompressionBombError) as exc:
                 return RowImage(error=f"cannot read the image {path or '(embedded bytes)'}: {exc}", file_name=file_name)
             return RowImage(image=image, file_name=file_name)
         path = Path(value)
@@ -208,7 +209,7 @@ class DatasetReader:
             path = self.image_root / path
         try:
             image = load_image(path)
-        except ValueError as exc:
+        except (ValueError, PIL.Image.DecompressionBombError) as exc:
             return RowImage(error=str(exc), file_name=file_name or path.name)
         return RowImage(image=image, file_name=file_name or path.name)
 
@@ -243,6 +244,7 @@ class BoxColumn:
     name: str
     box_format: str = "xywh"
     score_column: str | None = None
+    threshold: float | None = None  # keeps boxes whose score (from score_column) reaches it
     column: str = field(init=False)
     struct_field: str | None = field(init=False, default=None)
 
@@ -281,6 +283,8 @@ class BoxColumn:
             )
         if self.score_column is not None and self.score_column not in features:
             raise InputError(f"--box-score-column {self.score_column!r} is not a column of the dataset")
+        if self.threshold is not None and self.score_column is None:
+            raise InputError("--box-threshold with --box-column needs the scores: give --box-score-column")
 
     @property
     def columns(self) -> list[str]:
@@ -310,6 +314,9 @@ class BoxColumn:
                     f"{len(boxes)} boxes"
                 )
             scores = [None if s is None else float(s) for s in raw]
+            if self.threshold is not None:
+                keep = [s is None or s >= self.threshold for s in scores]
+                boxes, scores = boxes[np.asarray(keep, dtype=bool)], [s for s, k in zip(scores, keep) if k]
         return boxes, scores
 
 

@@ -311,7 +311,7 @@ def annotate(args: argparse.Namespace, on_shard_written: Callable[[int], None] |
     num_rows = len(reader) if args.max_samples is None else min(len(reader), args.max_samples)
     box_source: Any = None
     if args.box_column:
-        box_source = BoxColumn(args.box_column, args.box_format, args.box_score_column)
+        box_source = BoxColumn(args.box_column, args.box_format, args.box_score_column, args.box_threshold)
         box_source.check(reader.features)
     plan = ShardPlan(num_rows, args.shard_size)
     settings = settings_of(args, num_rows, list(reader.features))

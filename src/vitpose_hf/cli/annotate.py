@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="drop boxes scoring below S (--boxes, --detector)",
+        help="drop boxes scoring below S (all box sources with scores)",
     )
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crops")
     parser.add_argument("--shard-size", type=int, default=1000, metavar="N", help="input rows per shard (default 1000)")
