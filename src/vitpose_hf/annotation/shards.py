@@ -127,10 +127,12 @@ class OutputFolder:
 
     @property
     def manifest_path(self) -> Path:
+        """The run's settings and their fingerprint."""
         return self.state / "manifest.json"
 
     @property
     def summary_path(self) -> Path:
+        """Counts over all shards, with the skipped rows (written at the end)."""
         return self.state / "summary.json"
 
     # ---- run set-up --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from vitpose_hf.boxes import BOX_FORMATS
 
@@ -79,8 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar and no throughput lines")
 
 
-def run(args: argparse.Namespace, on_shard_written=None) -> int:
-    """Run ``vitpose-hf annotate``; bad inputs print one error line and return 2."""
+def run(args: argparse.Namespace, on_shard_written: Callable[[int], None] | None = None) -> int:
+    """Run ``vitpose-hf annotate``; bad inputs print one error line and return 2.
+
+    ``on_shard_written(shard)`` is called after each shard this process completes.
+    """
     from vitpose_hf.annotation.inputs import InputError
     from vitpose_hf.annotation.runner import IncompleteRunError, annotate, format_summary
     from vitpose_hf.inference.hub import HubUnreachableError
