@@ -109,11 +109,17 @@ def server(tmp_path_factory, shared_data):
     assert process.returncode is not None  # the server stopped
 
 
-def _image_call(server, image, model, dataset, boxes, source="drawn / typed boxes", score_threshold=SCORE_THRESHOLD):
+def _image_call(
+    server, image, model, dataset, boxes, source="drawn / typed boxes", score_threshold=SCORE_THRESHOLD, layers=()
+):
     """One /estimate_image call; ``model`` is a local folder (shown as ``local: <name>``) or a model label."""
     editor = None
     if image is not None:
-        editor = {"background": gradio_client.handle_file(str(image)), "layers": [], "composite": None}
+        editor = {
+            "background": gradio_client.handle_file(str(image)),
+            "layers": [gradio_client.handle_file(str(layer)) for layer in layers],
+            "composite": None,
+        }
     job = server["client"].submit(
         editor,
         f"local: {model.name}" if isinstance(model, Path) else model,
@@ -193,6 +199,21 @@ def test_image_with_typed_boxes(server, shared_data):
     assert json.loads(by_suffix[".json"].read_text()) == result
 
 
+def test_drawn_boxes(server, shared_data, tmp_path):
+    """Strokes painted in the editor's layer (a rectangle outline, a filled blob) become one box each."""
+    width, height = PIL.Image.open(shared_data / PHOTO).size
+    layer = np.zeros((height, width, 4), np.uint8)
+    layer[100:241, 40:201][[0, -1]] = 255  # outline: top and bottom rows...
+    layer[100:241, 40:201][:, [0, -1]] = 255  # ...and left and right columns: x 40..200, y 100..240
+    layer[150:181, 300:351] = 255  # a filled blob: x 300..350, y 150..180
+    path = tmp_path / "layer.png"
+    PIL.Image.fromarray(layer, "RGBA").save(path)
+    _, result, _, status = _image_call(server, shared_data / PHOTO, server["single"], "coco", [], layers=[path])
+    boxes = sorted(person["box"] for person in result["people"])
+    assert boxes == [[40.0, 100.0, 161.0, 141.0], [300.0, 150.0, 51.0, 31.0]]
+    assert "2 people" in status
+
+
 def test_vitpose_plus_head(server, shared_data):
     """A ViTPose++ checkpoint answers with the chosen head's keypoints (AI Challenger's 14 here)."""
     boxes = _gt_boxes(shared_data)[:1]
@@ -241,7 +262,7 @@ def test_video(server, shared_data, tmp_path):
     writer.release()
     box = [60.0, 40.0, 120.0, 150.0]
     job = server["client"].submit(
-        {"video": gradio_client.handle_file(str(video))},
+        gradio_client.handle_file(str(video)),
         f"local: {server['single'].name}",
         "coco",
         "drawn / typed boxes",
