@@ -301,3 +301,20 @@ def test_video(server, shared_data, tmp_path):
         assert len(at) > 5 and np.median(at) > 4 * np.median(diff) + 20
     assert {Path(f).suffix for f in files} == {".mp4", ".json"}
     assert "6 frames" in status
+
+
+def test_readme_snippet_runs(server, shared_data):
+    """The Python call shown in demo/README.md works as written (server, photo and model swapped for the test's)."""
+    text = (REPO / "demo" / "README.md").read_text(encoding="utf-8")
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    for old, new in [
+        ("http://127.0.0.1:7860/", server["url"]),
+        ('"photo.jpg"', repr(str(shared_data / PHOTO))),
+        ('"ViTPose-B (COCO, simple decoder)"', repr(f"local: {server['single'].name}")),
+    ]:
+        assert old in snippet
+        snippet = snippet.replace(old, new)
+    scope: dict = {}
+    exec(compile(snippet, "demo/README.md", "exec"), scope)
+    assert [kp["name"] for kp in scope["result"]["people"][0]["keypoints"]] == COCO_NAMES
+    assert scope["result"]["people"][0]["box"] == [38.0, 111.0, 175.0, 175.0]
