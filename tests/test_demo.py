@@ -27,12 +27,17 @@ gradio_client = pytest.importorskip("gradio_client", reason="the demo test needs
 cv2 = pytest.importorskip("cv2", reason="the demo's video input needs OpenCV (the `demo` extra)")
 
 
+from test_pipeline import tiny_detector  # noqa: E402 - a random DETR with COCO's classes (see wiring notes)
+
 from helpers import peaked_model, tiny_config, tiny_plus_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = "mmpose/coco/000000040083.jpg"
+DETECTOR_PHOTO = "mmpose/coco/000000000785.jpg"
 START_TIMEOUT_S = 240  # importing torch, transformers and gradio on a busy 2-core machine
 CALL_TIMEOUT_S = 120
+# COCO's "animal" supercategory: the detector classes of the animal heads
+COCO_ANIMALS = {"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe"}
 SCORE_THRESHOLD = 0.5  # keypoints (and links) scoring below are not drawn
 
 
@@ -61,6 +66,9 @@ def server(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("demo")
     single = _save_tiny(tiny_config(decoder="simple"), root / "tiny-vitpose", seed=0)
     plus = _save_tiny(tiny_plus_config(decoder="simple"), root / "tiny-vitpose-plus", seed=1)
+    detector = root / "tiny-detr"
+    for part in tiny_detector():
+        part.save_pretrained(detector)
     port = _free_port()
     dead_proxy = f"http://127.0.0.1:{_free_port()}"
     env = {
@@ -78,7 +86,7 @@ def server(tmp_path_factory, shared_data):
     for name in ("http_proxy", "https_proxy", "no_proxy", "VITPOSE_DEMO_MODEL", "VITPOSE_DEMO_DETECTOR"):
         env.pop(name, None)
     command = [sys.executable, str(REPO / "demo" / "app.py"), "--model", str(single), "--model", str(plus)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command += ["--detector", str(detector), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     log = open(root / "server.log", "w+")  # noqa: SIM115 - read back on failure
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}/"
@@ -97,7 +105,7 @@ def server(tmp_path_factory, shared_data):
                     pytest.fail(f"the demo did not start within {START_TIMEOUT_S} s:\n{log.read()[-4000:]}")
                 time.sleep(0.5)
         client = gradio_client.Client(url, download_files=str(root / "downloads"), verbose=False)
-        yield {"client": client, "url": url, "single": single, "plus": plus, "log": log}
+        yield {"client": client, "url": url, "single": single, "plus": plus, "detector": detector}
     finally:
         process.terminate()
         try:
@@ -214,6 +222,63 @@ def test_drawn_boxes(server, shared_data, tmp_path):
     assert "2 people" in status
 
 
+def _reference_detections(detector_dir: Path, photo: Path, threshold: float, keep: set[str]) -> list[tuple]:
+    """The detector run with transformers directly: sorted (x, y, w, h, score, label) of the kept classes."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    model = AutoModelForObjectDetection.from_pretrained(detector_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(detector_dir)
+    image = PIL.Image.open(photo).convert("RGB")
+    with torch.no_grad():
+        outputs = model(**processor(images=image, return_tensors="pt"))
+    found = processor.post_process_object_detection(
+        outputs, threshold=threshold, target_sizes=[(image.height, image.width)]
+    )[0]
+    rows = []
+    for (x1, y1, x2, y2), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"]):
+        name = model.config.id2label[int(label)]
+        if name in keep:
+            rows.append((x1, y1, x2 - x1, y2 - y1, score, name))
+    return sorted(rows)
+
+
+@pytest.mark.parametrize(("model", "head", "classes"), [("single", "coco", {"person"}), ("plus", "ap10k", None)])
+def test_detector_boxes(server, shared_data, model, head, classes):
+    """Boxes from the app's detector (a tiny random DETR folder): people for COCO, animals for AP-10K.
+
+    The random detector happens to see 2 people and 3 animals (scores well away from the threshold) on this photo.
+    """
+    photo = shared_data / DETECTOR_PHOTO
+    classes = classes or COCO_ANIMALS
+    threshold = 0.3
+    expected = _reference_detections(server["detector"], photo, threshold, classes)
+    assert expected, "the tiny detector should find something at this threshold"
+    editor = {"background": gradio_client.handle_file(str(photo)), "layers": [], "composite": None}
+    _, result, _, _ = (
+        server["client"]
+        .submit(
+            editor,
+            f"local: {server[model].name}",
+            head,
+            "detector",
+            "",
+            "xywh",
+            threshold,
+            0.3,
+            True,
+            False,
+            api_name="/estimate_image",
+        )
+        .result(timeout=CALL_TIMEOUT_S)
+    )
+    got = sorted((*p["box"], p["box_score"], p["label"]) for p in result["people"])
+    assert len(got) == len(expected)
+    for row, ref in zip(got, expected):
+        assert row[:5] == pytest.approx(ref[:5], abs=1e-3) and row[5] == ref[5]
+    assert result["dataset"] == head
+
+
 def test_vitpose_plus_head(server, shared_data):
     """A ViTPose++ checkpoint answers with the chosen head's keypoints (AI Challenger's 14 here)."""
     boxes = _gt_boxes(shared_data)[:1]
@@ -239,15 +304,13 @@ def test_bad_input_gives_clear_errors(server, shared_data):
 
 
 def test_hub_unreachable_is_said(server, shared_data):
-    """Offline: the page says so, and a Hub model or the Hub detector fails with a message, not a hang."""
+    """Offline: the page says so, and a Hub model that is not cached fails with a message, not a hang."""
     import httpx
 
     config = httpx.get(server["url"] + "config", timeout=30, trust_env=False).text
     assert "cannot be reached" in config
     with pytest.raises(gradio_client.exceptions.AppError, match="(?i)hub"):
         _image_call(server, shared_data / PHOTO, "ViTPose-B (COCO, simple decoder)", "coco", [], "whole image")
-    with pytest.raises(gradio_client.exceptions.AppError, match="detector cannot be loaded"):
-        _image_call(server, shared_data / PHOTO, server["single"], "coco", [], source="detector")
 
 
 def test_video(server, shared_data, tmp_path):
