@@ -237,7 +237,9 @@ class PoseService:
                 ) from None
             except (OSError, ValueError, TypeError) as exc:
                 raise gr.Error(f"Cannot load the detector {self.settings.detector!r}: {exc}") from None
-        return vitpose_hf.pipeline(pose.model, detector=self._detector, image_processor=pose.image_processor)
+        return vitpose_hf.pipeline(
+            pose.model, detector=self._detector, image_processor=pose.image_processor, device=pose.device
+        )
 
     def heads(self, label: str) -> list[str]:
         """Dataset heads of a model choice: known ones without loading, else those of the loaded checkpoint."""
@@ -446,6 +448,11 @@ class _VideoSink:
 # ----------------------------------------------------------------------------------------------------------------
 # The page
 # ----------------------------------------------------------------------------------------------------------------
+def _detector_available(settings: DemoSettings) -> bool:
+    detector = settings.detector
+    return bool(detector) and (os.path.isdir(detector) or settings.hub_reachable)
+
+
 def _hub_banner(settings: DemoSettings) -> str:
     if settings.hub_reachable:
         return ""
@@ -485,7 +492,7 @@ def build_app(settings: DemoSettings) -> gr.Blocks:
             )
             box_source = gr.Radio(
                 list(BOX_SOURCES),
-                value=BOXES_DETECTOR if settings.detector and settings.hub_reachable else BOXES_GIVEN,
+                value=BOXES_DETECTOR if _detector_available(settings) else BOXES_GIVEN,
                 label="Boxes from",
             )
         with gr.Row():

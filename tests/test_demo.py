@@ -303,6 +303,13 @@ def test_bad_input_gives_clear_errors(server, shared_data):
     assert result["people"] == [] and "No boxes" in status
 
 
+def test_whole_image(server, shared_data):
+    """No boxes and no detector: the whole image is the one box."""
+    width, height = PIL.Image.open(shared_data / PHOTO).size
+    _, result, _, _ = _image_call(server, shared_data / PHOTO, server["single"], "coco", [], "whole image")
+    assert [p["box"] for p in result["people"]] == [[0.0, 0.0, float(width), float(height)]]
+
+
 def test_hub_unreachable_is_said(server, shared_data):
     """Offline: the page says so, and a Hub model that is not cached fails with a message, not a hang."""
     import httpx
