@@ -266,8 +266,10 @@ def _run(pipe: Any, images: list[np.ndarray], boxes: list[list[float]] | None, o
         raise gr.Error(f"Hub unreachable: {exc}") from None
 
 
-def _metadata(dataset: str) -> dict[str, Any]:
-    info = vitpose_hf.get_dataset_info(dataset)
+def _metadata(pipe: Any, dataset: str) -> dict[str, Any]:
+    """The head's layout as the checkpoint stores it (custom layouts included)."""
+    config = pipe.model.config
+    info = config.datasets[config.dataset_to_index(dataset)]
     return {"dataset": info["name"], "keypoint_names": list(info["keypoint_names"]), "skeleton": info["skeleton"]}
 
 
@@ -325,7 +327,7 @@ def estimate_image(
     drawing = vitpose_hf.draw(image, people, score_threshold=float(score_threshold), draw_boxes=bool(show_boxes))
     result = {
         "model": service.source(label),
-        **_metadata(dataset),
+        **_metadata(pipe, dataset),
         "image": {"width": width, "height": height},
         "boxes_from": box_source,
         "people": people,
@@ -409,7 +411,7 @@ def estimate_video(
     width, height = sink.size
     result = {
         "model": service.source(label),
-        **_metadata(dataset),
+        **_metadata(pipe, dataset),
         "video": {"width": width, "height": height, "fps": fps, "stride": stride, "frames": len(frames_out)},
         "boxes_from": box_source,
         "frames": frames_out,

@@ -83,9 +83,10 @@ def server(tmp_path_factory, shared_data):
         "NO_PROXY": "127.0.0.1,localhost",
         "OMP_NUM_THREADS": "1",
     }
-    for name in ("http_proxy", "https_proxy", "no_proxy", "VITPOSE_DEMO_MODEL", "VITPOSE_DEMO_DETECTOR"):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "VITPOSE_DEMO_DETECTOR", "VITPOSE_DEMO_LOCAL_ONLY"):
         env.pop(name, None)
-    command = [sys.executable, str(REPO / "demo" / "app.py"), "--model", str(single), "--model", str(plus)]
+    env["VITPOSE_DEMO_MODEL"] = os.pathsep.join([str(single), str(plus)])  # the models by environment variable
+    command = [sys.executable, str(REPO / "demo" / "app.py")]
     command += ["--detector", str(detector), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     log = open(root / "server.log", "w+")  # noqa: SIM115 - read back on failure
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
