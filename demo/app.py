@@ -508,10 +508,12 @@ def build_app(settings: DemoSettings) -> gr.Blocks:
         with gr.Tab("Image"):
             with gr.Row():
                 editor = gr.ImageEditor(
-                    label="Image (draw boxes with the brush)",
+                    label="Image (draw a rectangle around each person with the brush)",
                     type="numpy",
-                    format="png",
+                    format="png",  # lossless: the browser sends the photo back re-encoded
                     layers=False,
+                    brush=gr.Brush(default_size=4, colors=["#00e676", "#ff1744", "#2979ff"], color_mode="defaults"),
+                    eraser=gr.Eraser(default_size=12),
                     transforms=(),
                     sources=("upload", "clipboard", "webcam"),
                 )
