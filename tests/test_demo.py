@@ -78,6 +78,7 @@ def server(tmp_path_factory, shared_data):
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(root / "hf-home"),
         "GRADIO_TEMP_DIR": str(root / "gradio-tmp"),
+        "TMPDIR": str(root),  # the app's result files stay in pytest's folder
         "HTTP_PROXY": dead_proxy,
         "HTTPS_PROXY": dead_proxy,
         "NO_PROXY": "127.0.0.1,localhost",
