@@ -531,7 +531,10 @@ class PoseEstimationPipeline(Pipeline):
         detector_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(model, ViTPosePreTrainedModel) or not hasattr(model, "heads"):
+        # by class name, not isinstance: with remote code, transformers may load the model's module and this file's
+        # `.modeling_vitpose_hf` as two copies (one per dynamic-module folder), whose classes differ
+        pose_model = any(cls.__name__ == ViTPosePreTrainedModel.__name__ for cls in type(model).__mro__)
+        if not pose_model or not hasattr(model, "heads"):
             hint = ""
             if type(model).__name__ == "VitPoseForPoseEstimation":
                 hint = (

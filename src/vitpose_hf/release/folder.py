@@ -31,7 +31,11 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SHARD_SIZE = "2GB"  # ViTPose++-H (3.6 GB) goes out in two shards
-PIPELINE_TASK = "keypoint-detection"
+# The task name under `custom_pipelines`. Not the Hub's "keypoint-detection" itself: transformers.pipeline() looks a
+# task up in the config's custom_pipelines before its registry, so that name would shadow the task vitpose_hf
+# registers (pipeline("keypoint-detection", model=REPO) would then demand trust_remote_code even with the package
+# installed). `pipeline(model=REPO, trust_remote_code=True)` picks the one custom task by itself.
+PIPELINE_TASK = "vitpose-keypoint-detection"
 PIPELINE_CLASS = "pipeline_vitpose_hf.PoseEstimationPipeline"
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "decoder", "num_experts", "part_features")
 
@@ -117,6 +121,9 @@ def _write_vitpose_hf(
     config["custom_pipelines"] = _custom_pipelines()
     if "auto_map" not in config:  # written by save_pretrained for classes registered for auto classes
         raise RuntimeError("save_pretrained wrote no auto_map: the model classes are not registered for auto classes")
+    # a released checkpoint is a pose model: AutoModel (and the Hub task's auto class) give keypoints, not features
+    pose_class = config["auto_map"]["AutoModelForPoseEstimation"]
+    config["auto_map"].update(AutoModel=pose_class, AutoModelForKeypointDetection=pose_class)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for path in remote_code_files():
         shutil.copyfile(path, folder / path.name)
