@@ -23,6 +23,7 @@ from huggingface_hub import ModelCard
 
 from vitpose_hf.configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig
 from vitpose_hf.keypoint_metadata import VITPOSE_PLUS_DATASETS
+from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 from vitpose_hf.training.model_card import ReportedFigure, build_model_card, official_recipe
 
 __all__ = [
@@ -160,15 +161,17 @@ def reported_figures(release: Release) -> list[ReportedFigure]:
 # ----------------------------------------------------------------------------------------------------------------
 # Configs and cards
 # ----------------------------------------------------------------------------------------------------------------
-def release_config(release: Release) -> ViTPoseConfig:
-    """The config a release has when its source has the preset's shape (dense models: ``single_dataset``'s)."""
-    from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
+def release_config(release: Release, source_model: ViTPoseForPoseEstimation | None = None) -> ViTPoseConfig:
+    """The config a release has when its source has the preset's shape (dense models: ``single_dataset``'s).
 
+    ``source_model``: the preset's model on the meta device, when the caller already built it.
+    """
     config = ViTPoseConfig.from_preset(release.source)
     if release.dataset is None:
         return config
     with torch.device("meta"):  # shapes only: no memory, no weights
-        return ViTPoseForPoseEstimation(config).single_dataset(release.dataset).config
+        model = source_model if source_model is not None else ViTPoseForPoseEstimation(config)
+        return model.single_dataset(release.dataset).config
 
 
 def release_card(
@@ -176,7 +179,8 @@ def release_card(
 ) -> ModelCard:
     """The model card of ``release`` built from ``config`` (the converted model's, or :func:`release_config`)."""
     what = "the authors' ViTPose++ weights" if release.plus else "the authors' ViTPose weights"
-    notes = [f"Converted by vitpose-hf from {what} (github.com/ViTAE-Transformer/ViTPose)."]
+    via = f", through transformers' `{base_model}`" if base_model else ""
+    notes = [f"Converted by vitpose-hf from {what} (github.com/ViTAE-Transformer/ViTPose){via}."]
     if release.dataset:
         notes.append(
             f"Dense `{release.dataset}` model: the ViTPose++ expert of that dataset merged into the shared FFN and its "
@@ -211,9 +215,14 @@ def write_model_cards(directory: str | os.PathLike, owner: str = DEFAULT_OWNER) 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    sources: dict[str, ViTPoseForPoseEstimation] = {}  # one meta model per source, cut into its dense models
     for release in list_releases():
         path = out / f"{release.name}.md"
-        card = release_card(release, release_config(release), owner, base_model=_base_model(release))
+        if release.dataset is not None and release.source not in sources:
+            with torch.device("meta"):
+                sources[release.source] = ViTPoseForPoseEstimation(ViTPoseConfig.from_preset(release.source))
+        config = release_config(release, sources.get(release.source))
+        card = release_card(release, config, owner, base_model=_base_model(release))
         path.write_text(str(card), encoding="utf-8")
         written.append(path)
     return written

@@ -2,8 +2,9 @@
 
 One builder, :func:`build_model_card`, serves the release tool (:mod:`vitpose_hf.release`, which also writes the
 committed ``model_cards/``) and the training script. The card's numbers are computed here from the config, never
-typed in: :func:`count_parameters` builds the model on the meta device, :func:`flops_per_crop` counts the forward
-pass of one crop analytically (multiply-adds as two operations, the convention of ``torch.utils.flop_counter``).
+typed in: :func:`count_parameters` and :func:`flops_per_crop` count them from the shapes (FLOPs of one crop's
+forward pass, a multiply-add as two operations, as ``torch.utils.flop_counter`` counts; the tests check both
+against a built model).
 Figures the authors reported go into the model-index labelled as theirs (``source_name``), until we measure our own.
 
 Built with `huggingface_hub.ModelCard` / `ModelCardData` / `EvalResult`; the body is plain markdown.
@@ -17,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vitpose_hf.configuration_vitpose_hf import PRESET_SIZES, ViTPoseConfig, preset_size_key
@@ -114,27 +114,37 @@ def _fmt(value: Any) -> str:
 # Numbers computed from the config
 # ----------------------------------------------------------------------------------------------------------------
 def count_parameters(config: ViTPoseConfig) -> dict[str, Any]:
-    """Parameters of the model built from ``config`` (on the meta device: no memory, no weights).
+    """Parameters of the model ``config`` describes, counted from the shapes (no model is built).
 
     Returns ``{"total": int, "active": [int per dataset]}``; ``active[k]`` counts what one crop of dataset ``k``
     runs through: the shared weights, expert ``k`` and head ``k`` (equal to ``total`` for a one-head dense model).
     """
-    from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
+    gh, gw = config.patch_grid
+    c, hidden, p = config.hidden_size, config.intermediate_size, config.part_features
+    embed = (
+        c * config.num_channels * config.patch_size**2 + c + (gh * gw + 1) * c + (c if config.knowledge_token else 0)
+    )
+    block = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (hidden * c + hidden)  # 2 norms, qkv, proj, fc1
+    experts = 0
+    if config.num_experts > 1:
+        block += (c - p) * hidden + (c - p)  # shared part of fc2
+        experts = config.num_hidden_layers * (p * hidden + p)  # one expert, all blocks
+    else:
+        block += c * hidden + c
+    shared = embed + config.num_hidden_layers * block + 2 * c  # + the last norm
 
-    with torch.device("meta"):
-        model = ViTPoseForPoseEstimation(config)
-    sizes = {name: p.numel() for name, p in model.named_parameters()}
-    total = sum(sizes.values())
-    expert_of_head = config.num_experts == len(config.datasets)
-    active = []
-    for k in range(len(config.datasets)):
-        unused = 0
-        for name, n in sizes.items():
-            other_head = name.startswith("heads.") and not name.startswith(f"heads.{k}.")
-            match = re.search(r"\.experts\.(\d+)\.", name)
-            other_expert = match is not None and int(match.group(1)) != (k if expert_of_head else 0)
-            unused += n if other_head or other_expert else 0
-        active.append(total - unused)
+    def head(k: int) -> int:
+        if config.decoder == "classic":
+            d = config.deconv_channels
+            return c * d * 16 + 2 * d + d * d * 16 + 2 * d + d * k + k  # BatchNorm statistics are buffers
+        if config.decoder == "simple":
+            return c * k * 9 + k
+        r2 = int(config.upsample_factor) ** 2
+        return c * k * r2 + k * r2
+
+    heads = [head(k) for k in config.num_keypoints]
+    total = shared + config.num_experts * experts + sum(heads) if config.num_experts > 1 else shared + sum(heads)
+    active = [shared + experts + h for h in heads]
     return {"total": total, "active": active}
 
 
@@ -285,7 +295,12 @@ def official_recipe(config: ViTPoseConfig) -> list[str]:
         "- 210 epochs, lr x0.1 at epochs 170 and 200, 500-iteration linear warm-up; batch 512 (8 GPUs x 64)"
         + (" for the single-dataset models (ViTPose++: 128 per GPU)." if plus else "."),
         "- 256x192 crops (box padded 1.25x to 3:4), random flip, half-body, scale (x0.5-1.5) and rotation (+-40 deg) "
-        "augmentation; UDP warps and Gaussian targets with sigma 2 (UDP for COCO and MPII, classic for the others).",
+        "augmentation; "
+        + (
+            "Gaussian targets with sigma 2, UDP warps and targets for COCO and MPII, classic ones for the others."
+            if plus
+            else "UDP warps and Gaussian targets with sigma 2."
+        ),
         "- vitpose-hf reproduces this recipe with `vitpose-hf train` (see `docs/training.md`).",
     ]
 
@@ -399,12 +414,9 @@ def _limitations(config: ViTPoseConfig, weights_format: str) -> list[str]:
     return lines + [""]
 
 
-def _licence_section(license: str, training_data: Sequence[str]) -> list[str]:
-    lines = [
-        "## Licences",
-        "",
-        f"- Weights: `{license}` (the authors released their weights with their Apache-2.0 repository).",
-    ]
+def _licence_section(license: str, training_data: Sequence[str], authors_weights: bool) -> list[str]:
+    why = " (the authors released their weights with their Apache-2.0 repository)" if authors_weights else ""
+    lines = ["## Licences", "", f"- Weights: `{license}`{why}."]
     research = []
     for name in training_data:
         terms = DATA_TERMS.get(name)
@@ -533,7 +545,7 @@ def build_model_card(
         f"Heads: {heads}.",
         "",
     ]
-    if base_model:
+    if base_model and not reported:  # released weights say where they were converted from in their notes
         lines += [f"Initialised from `{base_model}`.", ""]
     lines += [*notes, ""] if notes else []
     lines += _architecture_section(config, weights_format)
@@ -564,21 +576,13 @@ def build_model_card(
     if reported:
         lines += _reported_section(reported)
     if recipe or training:
-        lines += ["## Training", ""]
-        lines += list(recipe or [])
+        lines += ["## Training", "", *(recipe or [])]
         if training:
-            lines += (
-                ["" if recipe else "", "| hyperparameter | value |", "|---|---|"]
-                if recipe
-                else [
-                    "| hyperparameter | value |",
-                    "|---|---|",
-                ]
-            )
+            lines += ([""] if recipe else []) + ["| hyperparameter | value |", "|---|---|"]
             lines += [f"| {key} | {_fmt(value)} |" for key, value in training.items()]
         lines.append("")
     lines += _limitations(config, weights_format)
-    lines += _licence_section(license, training_data)
+    lines += _licence_section(license, training_data, authors_weights=bool(reported))
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)
