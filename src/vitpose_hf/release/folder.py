@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
     "PIPELINE_TASK",
     "PushError",
+    "add_remote_code",
     "check_source_shape",
     "load_source",
     "push_folder",
@@ -109,6 +110,26 @@ def _custom_pipelines() -> dict[str, Any]:
     }
 
 
+def add_remote_code(folder: str | os.PathLike) -> None:
+    """Make a ``save_pretrained`` folder of ours run with only transformers installed.
+
+    Adds ``custom_pipelines`` (the pose pipeline) and ``AutoModel`` to ``config.json``'s ``auto_map`` and copies
+    the remote-code files beside it. The training script calls this too, so trained checkpoints behave as releases.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "auto_map" not in config:  # written by save_pretrained for classes registered for auto classes
+        raise ValueError(f"{config_path} has no auto_map: not a vitpose_hf save_pretrained folder")
+    config["custom_pipelines"] = _custom_pipelines()
+    # a released checkpoint is a pose model: AutoModel (and the Hub task's auto class) give keypoints, not features
+    pose_class = config["auto_map"]["AutoModelForPoseEstimation"]
+    config["auto_map"].update(AutoModel=pose_class, AutoModelForKeypointDetection=pose_class)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for path in remote_code_files():
+        shutil.copyfile(path, folder / path.name)
+
+
 def _write_vitpose_hf(
     model: ViTPoseForPoseEstimation, folder: Path, max_shard_size: str | int, source: str | None
 ) -> None:
@@ -116,17 +137,7 @@ def _write_vitpose_hf(
 
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     processor_for_model(model, source=source or "").save_pretrained(folder)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["custom_pipelines"] = _custom_pipelines()
-    if "auto_map" not in config:  # written by save_pretrained for classes registered for auto classes
-        raise RuntimeError("save_pretrained wrote no auto_map: the model classes are not registered for auto classes")
-    # a released checkpoint is a pose model: AutoModel (and the Hub task's auto class) give keypoints, not features
-    pose_class = config["auto_map"]["AutoModelForPoseEstimation"]
-    config["auto_map"].update(AutoModel=pose_class, AutoModelForKeypointDetection=pose_class)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for path in remote_code_files():
-        shutil.copyfile(path, folder / path.name)
+    add_remote_code(folder)
 
 
 def _write_transformers(model: ViTPoseForPoseEstimation, folder: Path, max_shard_size: str | int) -> None:
