@@ -230,3 +230,44 @@ def test_push_refuses_a_source_of_another_shape(released, capsys):
     with pytest.raises(ValueError, match="not a vitpose-b model: hidden_size 32"):
         push_main([*argv, "--out", str(released / "other"), "--dry-run"])
     assert Release("vitpose-plus-b-coco", "vitpose-plus-b", "coco").coco_only
+
+
+def test_an_existing_keypoint_detection_pipeline_keeps_its_models(released, photo, monkeypatch):
+    """Should transformers (or another library) serve keypoint-detection already, ViTPose checkpoints get our
+    pipeline and its models (here a tiny SuperPoint) keep theirs."""
+    from transformers import AutoModelForKeypointDetection, Pipeline, SuperPointConfig, SuperPointForKeypointDetection
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from vitpose_hf.inference.pipeline import register_pipeline
+
+    class TheirKeypointPipeline(Pipeline):
+        _load_image_processor = False
+        _load_tokenizer = False
+        _load_processor = False
+        _load_feature_extractor = False
+
+        def _sanitize_parameters(self, **kwargs):
+            return {}, {}, {}
+
+        def preprocess(self, inputs):
+            return inputs
+
+        def _forward(self, inputs):
+            return inputs
+
+        def postprocess(self, outputs):
+            return outputs
+
+    theirs = {"impl": TheirKeypointPipeline, "pt": (AutoModelForKeypointDetection,), "type": "image"}
+    monkeypatch.setitem(PIPELINE_REGISTRY.supported_tasks, TASK, theirs)
+    register_pipeline()
+    entry = PIPELINE_REGISTRY.supported_tasks[TASK]
+    assert entry["impl"].builtin is TheirKeypointPipeline
+    superpoint = released / "superpoint"
+    config = SuperPointConfig(encoder_hidden_sizes=[8, 8, 8, 8], decoder_hidden_size=16, descriptor_decoder_dim=16)
+    SuperPointForKeypointDetection(config).save_pretrained(superpoint)
+    assert isinstance(transformers.pipeline(TASK, model=str(superpoint), device="cpu"), TheirKeypointPipeline)
+    for name in ("vitpose-b", "vitpose-b-transformers"):  # ours, and transformers' vitpose format (converted)
+        pose = transformers.pipeline(TASK, model=str(released / "out" / name), device="cpu")
+        assert isinstance(pose, PoseEstimationPipeline), name
+        assert len(pose(photo, boxes=BOXES)) == 2

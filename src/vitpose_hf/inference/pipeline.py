@@ -28,6 +28,7 @@ from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation, ViTPosePreT
 
 __all__ = [
     "DEFAULT_MODEL",
+    "KeypointDetectionDispatch",
     "TASK",
     "TASK_ALIASES",
     "PoseEstimationPipeline",
@@ -84,23 +85,65 @@ def processor_for_model(
 # ----------------------------------------------------------------------------------------------------------------
 # Registration and the convenience constructor
 # ----------------------------------------------------------------------------------------------------------------
+_LOAD_FLAGS = (
+    "_load_processor",
+    "_load_image_processor",
+    "_load_video_processor",
+    "_load_feature_extractor",
+    "_load_tokenizer",
+)
+
+
+class KeypointDetectionDispatch:
+    """The ``keypoint-detection`` entry when another pipeline already serves that task (see
+    :func:`register_pipeline`): ViTPose models get ours, every other model the pipeline that was there."""
+
+    builtin: type  # set on the subclass that register_pipeline makes for the pipeline it found
+
+    def __new__(cls, model: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(model, ViTPosePreTrainedModel):
+            return PoseEstimationPipeline(model, *args, **kwargs)
+        return cls.builtin(model, *args, **kwargs)
+
+
+def _resolve(impl: Any) -> type:
+    if isinstance(impl, str):  # transformers stores built-in impls as dotted paths
+        import importlib
+
+        module, _, name = impl.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return impl
+
+
 def register_pipeline() -> None:
     """Register ``"keypoint-detection"`` and its alias ``"pose-estimation"`` with transformers (idempotent).
 
-    transformers (5.x) has no built-in ``keypoint-detection`` pipeline: SuperPoint-style models are reached
-    through ``AutoModelForKeypointDetection`` and the ``keypoint-matching`` task, which we leave alone. Should a
-    transformers release add a built-in ``keypoint-detection`` task, it lives in ``SUPPORTED_TASKS`` while we
-    register in ``PIPELINE_REGISTRY.supported_tasks`` (a copy that ``pipeline()`` reads): our entry then wins for
-    every model given by name, so this function keeps theirs and registers only the alias, and our checkpoints
-    still select our class through ``custom_pipelines`` in their config.
+    transformers 5.24 has no ``keypoint-detection`` pipeline (SuperPoint-style models are reached through
+    ``AutoModelForKeypointDetection`` and the ``keypoint-matching`` task), so ours simply takes the name. Should a
+    later transformers (or another library) serve ``keypoint-detection`` already, overwriting its entry would break
+    its models; the entry becomes a :class:`KeypointDetectionDispatch` instead: its model classes are tried first
+    (our checkpoints load through them too, being registered with ``AutoModelForKeypointDetection``), then ours
+    (which also converts transformers' ``vitpose`` checkpoints), and the loaded model picks the pipeline.
     """
-    from transformers.pipelines import PIPELINE_REGISTRY, SUPPORTED_TASKS
+    from transformers.pipelines import PIPELINE_REGISTRY
 
-    theirs = SUPPORTED_TASKS.get(TASK)
-    builtin_taken = theirs is not None and theirs.get("impl") is not PoseEstimationPipeline
-    for task in TASK_ALIASES if builtin_taken else (TASK, *TASK_ALIASES):
+    for task in (TASK, *TASK_ALIASES):
         current = PIPELINE_REGISTRY.supported_tasks.get(task)
-        if current is not None and current.get("impl") is PoseEstimationPipeline:
+        impl = current.get("impl") if current else None
+        if impl is PoseEstimationPipeline or (isinstance(impl, type) and issubclass(impl, KeypointDetectionDispatch)):
+            continue
+        if impl is not None and task == TASK:
+            builtin = _resolve(impl)
+            flags = {name: getattr(builtin, name, False) for name in _LOAD_FLAGS}
+            dispatch = type("KeypointDetectionDispatch", (KeypointDetectionDispatch,), {**flags, "builtin": builtin})
+            theirs = current.get("pt") or ()
+            PIPELINE_REGISTRY.register_pipeline(
+                task,
+                pipeline_class=dispatch,
+                pt_model=(*(theirs if isinstance(theirs, tuple) else (theirs,)), ViTPoseForPoseEstimation),
+                default=current.get("default"),
+                type=current.get("type", "image"),
+            )
             continue
         PIPELINE_REGISTRY.register_pipeline(
             task,
