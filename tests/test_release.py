@@ -271,3 +271,23 @@ def test_an_existing_keypoint_detection_pipeline_keeps_its_models(released, phot
         pose = transformers.pipeline(TASK, model=str(released / "out" / name), device="cpu")
         assert isinstance(pose, PoseEstimationPipeline), name
         assert len(pose(photo, boxes=BOXES)) == 2
+
+
+def test_sources_official_pth_and_transformers_checkpoint(released, tmp_path):
+    """Releases cut from an official .pth (checked against the functional official forward) and from a
+    transformers vitpose checkpoint (the released -transformers copy, back to the original model)."""
+    from helpers import official_forward, official_state_dict
+
+    state = official_state_dict(head_k=(17, 14, 16, 17, 17, 133), experts=6, cls_token=True)
+    torch.save({"state_dict": state, "meta": {}}, tmp_path / "vitpose_plus_b.pth")
+    argv = ["--sizes", "b", "--variants", "classic", "plus-dense", "--no-transformers-copies", "--any-shape"]
+    argv += ["--source", f"vitpose-plus-b={tmp_path / 'vitpose_plus_b.pth'}", "--num-attention-heads", "4"]
+    argv += ["--source", f"vitpose-b={released / 'out' / 'vitpose-b-transformers'}", "--out", str(tmp_path / "out")]
+    assert push_main(argv) == 0
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
+    wholebody = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out" / "vitpose-plus-b-wholebody").eval()
+    original = ViTPoseForPoseEstimation.from_pretrained(released / "src_b").eval()
+    again = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "out" / "vitpose-b").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wholebody(x).heatmaps, official_forward(state, x, dataset=5), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(again(x).heatmaps, original(x).heatmaps, atol=1e-5, rtol=1e-4)

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", default=DEFAULT_OWNER, help="Hub user or organisation of the repos")
     parser.add_argument("--out", default="releases", help="folder that receives one sub-folder per release")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="weights above it are sharded")
+    parser.add_argument("--num-attention-heads", type=int, help="for official files of widths with no official model")
     parser.add_argument(
         "--any-shape", action="store_true", help="accept sources whose shape differs from the preset (tests, custom)"
     )
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     models = {}
     for release in releases:
         if release.source not in models:
-            models[release.source] = load_source(sources[release.source])
+            overrides = {"num_attention_heads": args.num_attention_heads} if args.num_attention_heads else {}
+            models[release.source] = load_source(sources[release.source], official_overrides=overrides)
         model = models[release.source]
         if not args.any_shape:
             check_source_shape(model, release)

@@ -48,17 +48,20 @@ class PushError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------------------------------------------
-def load_source(source: str | os.PathLike, **kwargs: Any) -> ViTPoseForPoseEstimation:
+def load_source(
+    source: str | os.PathLike, official_overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> ViTPoseForPoseEstimation:
     """The model of an official ``.pth`` file, a transformers ``vitpose`` checkpoint or one of our folders.
 
-    Official files go through the conversion of ``vitpose-hf convert`` (architecture read from the tensors);
-    checkpoints by Hub name or folder through ``from_pretrained`` (transformers' converted on load).
+    Official files go through the conversion of ``vitpose-hf convert`` (architecture read from the tensors,
+    ``official_overrides`` such as ``num_attention_heads`` on top); checkpoints by Hub name or folder through
+    ``from_pretrained`` (transformers' converted on load), with ``kwargs``.
     """
     source = os.fspath(source)
     if os.path.isfile(source):
         from vitpose_hf.cli.convert import convert_official
 
-        return convert_official(source)
+        return convert_official(source, **(official_overrides or {}))
     config = read_config_dict(source, **kwargs)
     if config is None:
         raise ValueError(
