@@ -115,7 +115,8 @@ class ObjectDetector:
 
     Args:
         model: a Hub name or local folder (loaded with ``AutoModelForObjectDetection``), a model instance, a
-            transformers ``object-detection`` pipeline, or a callable (see the module docstring).
+            transformers ``object-detection`` pipeline, or a callable ``detector(images)`` returning one list per
+            image of ``{"box": [x1, y1, x2, y2] or {"xmin", "ymin", "xmax", "ymax"}, "score", "label"}`` dicts.
         image_processor: the model's image processor; loaded from ``model`` when it is a name or folder.
         labels: class names to keep (compared case-insensitively with ``model.config.id2label``). ``None`` keeps
             every class.

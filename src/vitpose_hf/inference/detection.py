@@ -15,10 +15,7 @@ image as one box (see :mod:`vitpose_hf.inference.pipeline`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 from vitpose_hf import pipeline_vitpose_hf as kernel
 from vitpose_hf.inference.hub import hub_load
@@ -38,15 +35,10 @@ class ObjectDetector(kernel.ObjectDetector):
     _load_by_name = staticmethod(_load_by_name)
 
 
-def load_detector(
-    detector: Any,
-    labels: Sequence[str] | None = ("person",),
-    threshold: float = DEFAULT_DETECTOR_THRESHOLD,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    **kwargs: Any,
-) -> ObjectDetector | None:
-    """``None`` -> ``None``; an :class:`ObjectDetector` as is; anything else wrapped in one (see its arguments)."""
-    return kernel.load_detector(
-        detector, labels=labels, threshold=threshold, device=device, dtype=dtype, factory=ObjectDetector, **kwargs
-    )
+def load_detector(detector: Any, **kwargs: Any) -> ObjectDetector | None:
+    """``None`` -> ``None``; an :class:`ObjectDetector` as is; anything else wrapped in one.
+
+    ``kwargs``: ``labels`` (default ``["person"]``), ``threshold``, ``device``, ``dtype`` and the
+    :class:`ObjectDetector` arguments; Hub names load with :class:`~vitpose_hf.inference.hub.HubUnreachableError`.
+    """
+    return kernel.load_detector(detector, factory=ObjectDetector, **kwargs)
