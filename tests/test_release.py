@@ -291,3 +291,11 @@ def test_sources_official_pth_and_transformers_checkpoint(released, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(wholebody(x).heatmaps, official_forward(state, x, dataset=5), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(again(x).heatmaps, original(x).heatmaps, atol=1e-5, rtol=1e-4)
+
+
+def test_push_names_what_is_missing(capsys, tmp_path):
+    assert push_main(["--sizes", "s", "--variants", "plus", "--out", str(tmp_path)]) == 2
+    assert "no --source for vitpose-plus-s" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--source takes KEY=SRC"):
+        push_main(["--sizes", "s", "--variants", "classic", "--source", "model.pth"])
+    assert not any(tmp_path.iterdir())  # nothing written
