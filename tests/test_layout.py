@@ -13,6 +13,7 @@ KERNEL = {
     "conversion",
     "keypoint_metadata",
     "image_processing_vitpose_hf",
+    "pipeline_vitpose_hf",
     "images",
     "boxes",
     "codecs",

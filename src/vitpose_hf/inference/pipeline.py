@@ -1,4 +1,4 @@
-"""The ``pose-estimation`` pipeline: images in, people with named keypoints out, in one call.
+"""The ``keypoint-detection`` pipeline with vitpose_hf installed (``pose-estimation`` is an alias).
 
     >>> import vitpose_hf
     >>> pose = vitpose_hf.inference.pipeline("usyd-community/vitpose-base-simple")
@@ -6,53 +6,31 @@
     >>> people[0]["keypoints"][0]
     {'name': 'nose', 'x': 398.1, 'y': 181.8, 'score': 0.87}
 
-Importing :mod:`vitpose_hf` registers the task with transformers, so ``transformers.pipeline("pose-estimation",
-model=...)`` builds the same pipeline.
-
-Where the boxes come from, in order:
-
-1. ``boxes=`` given to the call: one list of boxes per image (``box_format`` ``"xywh"``, the default, or ``"xyxy"``).
-2. the ``detector`` given when the pipeline was built (any transformers object-detection model: see
-   :mod:`vitpose_hf.inference.detection`), keeping the dataset's detector classes (``person``, or the animal classes for
-   AP-10K / APT-36K) that score at least ``detector_threshold``;
-3. otherwise the whole image is one box. This is right for a photo of one person, and a warning is logged once.
-
-Crops of all images in one call are cut in one batched warp and run through the model ``batch_size`` crops at a
-time; decoding runs on the model's device. Results are plain Python (JSON-serialisable): one list per image, one
-dict per person::
-
-    {"box": [x, y, w, h], "box_format": "xywh", "box_score": 0.98 | None, "label": "person" | None,
-     "dataset": "coco", "keypoints": [{"name": "nose", "x": 398.1, "y": 181.8, "score": 0.87}, ...]}
-
-``box`` is the input box in ``box_format``; ``box_score`` and ``label`` are the detector's (``None`` for boxes given
-by the caller unless ``box_scores`` are passed, and for the whole-image box). Keypoints are ``(x, y)`` pixels of
-the input image; none are dropped, low scores included.
+The pipeline itself, and its output schema, live in :mod:`vitpose_hf.pipeline_vitpose_hf`, the flat file that also
+travels with released checkpoints as remote code. This module adds what needs the installed package: loading by Hub
+name with :class:`vitpose_hf.inference.hub.HubUnreachableError` when the Hub cannot be reached, the ``"bf16"`` /
+``"fp16"`` dtype names with the slow-bf16-CPU warning, and the registration of the task with transformers, so that
+``transformers.pipeline("keypoint-detection", model=...)`` builds it after ``import vitpose_hf``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
-from transformers import Pipeline
-from transformers.image_processing_utils import BaseImageProcessor
 
-from vitpose_hf.boxes import boxes_per_image, check_box_format, convert_boxes, split_per_image
-from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
-from vitpose_hf.images import image_size, is_batch, load_image
-from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, ObjectDetector, load_detector
+from vitpose_hf import pipeline_vitpose_hf as kernel
+from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+from vitpose_hf.inference.detection import ObjectDetector
 from vitpose_hf.inference.hub import choose_dtype, hub_file, hub_load, resolve_dtype
-from vitpose_hf.modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPoseForPoseEstimation, ViTPosePreTrainedModel
+from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation, ViTPosePreTrainedModel
 
 __all__ = [
     "DEFAULT_MODEL",
+    "KeypointDetectionDispatch",
     "TASK",
+    "TASK_ALIASES",
     "PoseEstimationPipeline",
     "load_pose_model",
     "pipeline",
@@ -60,16 +38,25 @@ __all__ = [
     "register_pipeline",
 ]
 
-logger = logging.getLogger(__name__)
-
-TASK = "pose-estimation"
+TASK = "keypoint-detection"  # the Hub's task name (pipeline_tag of the released cards)
+TASK_ALIASES = ("pose-estimation",)
 DEFAULT_MODEL = "usyd-community/vitpose-base-simple"
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = kernel.DEFAULT_BATCH_SIZE
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Loading: model and processor (Hub access and dtypes: hub.py)
-# ----------------------------------------------------------------------------------------------------------------
+class PoseEstimationPipeline(kernel.PoseEstimationPipeline):
+    __doc__ = kernel.PoseEstimationPipeline.__doc__
+
+    _find_file = staticmethod(hub_file)
+    _detector_factory = ObjectDetector
+
+    def _check_dtype(self, requested: Any) -> None:
+        resolve_dtype(requested)
+
+    def _choose_dtype(self, requested: Any) -> torch.dtype | None:
+        return choose_dtype(requested, self.device)
+
+
 def load_pose_model(
     model: str | os.PathLike | ViTPosePreTrainedModel = DEFAULT_MODEL,
     torch_dtype: str | torch.dtype | None = None,
@@ -92,420 +79,79 @@ def processor_for_model(
     A transformers ``VitPoseImageProcessor`` config contributes its size, mean and std. The built processor uses
     each dataset's official UDP setting and has the model's input size.
     """
-    source = os.fspath(source) if source is not None else getattr(model, "name_or_path", None)
-    saved: dict[str, Any] = {}
-    if source:
-        path = hub_file(source, "preprocessor_config.json")
-        if path is not None:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-    if saved.get("image_processor_type") == ViTPoseImageProcessor.__name__:
-        return ViTPoseImageProcessor.from_dict(saved)
-    height, width = model.config.image_size
-    options: dict[str, Any] = {
-        "size": {"height": height, "width": width},
-        "use_udp": None,
-        "dataset": list(model.config.datasets),
-    }
-    for key in ("image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize"):
-        if key in saved:
-            options[key] = saved[key]
-    return ViTPoseImageProcessor(**options)
-
-
-def _adapt_processor(processor: Any, model: ViTPosePreTrainedModel) -> ViTPoseImageProcessor:
-    if isinstance(processor, ViTPoseImageProcessor):
-        return processor
-    if processor is None:
-        return processor_for_model(model)
-    if isinstance(processor, (str, os.PathLike)):
-        return processor_for_model(model, source=processor)
-    if isinstance(processor, BaseImageProcessor):
-        # e.g. transformers' VitPoseImageProcessor: keep its normalisation, use our crops and decoding
-        built = processor_for_model(model, source="")
-        for key in ("image_mean", "image_std"):
-            value = getattr(processor, key, None)
-            if value is not None:
-                setattr(built, key, [float(v) for v in value])
-        return built
-    raise TypeError(f"image_processor must be a ViTPoseImageProcessor, a path or None, got {type(processor).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Input checks
-# ----------------------------------------------------------------------------------------------------------------
-class _Images:
-    """All images of one call, handed to ``run_single`` as one input so that their crops are batched together."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-
-def _load_image(image: Any, where: str, timeout: float | None) -> Any:
-    """Paths and URLs are read (EXIF orientation applied); PIL images, arrays and tensors are checked and kept."""
-    if isinstance(image, (str, os.PathLike)):
-        return load_image(image, where, timeout=timeout)
-    if isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
-        try:
-            image_size(image)  # checks the number of dimensions
-        except TypeError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        return image
-    raise TypeError(
-        f"{where}: unsupported image type {type(image).__name__}; pass a path, a URL, a PIL image, an (H, W, C) "
-        "numpy array or a (C, H, W) torch tensor, or a list of those"
-    )
-
-
-def _as_float64(boxes: Any) -> np.ndarray:
-    if isinstance(boxes, torch.Tensor):
-        return boxes.detach().cpu().double().numpy().reshape(-1, 4)
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-
-
-def _boxes_per_image(boxes: Any, num_images: int, box_format: str) -> list[np.ndarray]:
-    """One validated float64 `(M_i, 4)` array per image, with the nesting rules and errors of :mod:`.boxes`.
-
-    The values are taken from the caller's boxes, not the validated float32 copies, so that the returned
-    `box` is exactly the box given.
-    """
-    boxes_per_image(boxes, num_images, single=False, box_format=box_format)  # raises on bad input
-    return [_as_float64(b) if len(b) else np.zeros((0, 4)) for b in split_per_image(boxes, num_images, single=False)]
-
-
-def _scores_per_image(box_scores: Any, per_image: list[np.ndarray]) -> list[list[float | None]]:
-    if box_scores is None:
-        return [[None] * len(b) for b in per_image]
-    if not isinstance(box_scores, (list, tuple)) or len(box_scores) != len(per_image):
-        raise ValueError(f"box_scores must hold one list of scores per image ({len(per_image)}), got {box_scores!r}")
-    out = []
-    for i, (scores, boxes) in enumerate(zip(box_scores, per_image)):
-        if isinstance(scores, (torch.Tensor, np.ndarray)):
-            scores = scores.tolist()
-        if not isinstance(scores, (list, tuple)) or len(scores) != len(boxes):
-            raise ValueError(f"box_scores[{i}] must hold one score per box ({len(boxes)}), got {scores!r}")
-        values = []
-        for score in scores:  # None: no score for this box
-            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float, np.number))):
-                raise ValueError(f"box_scores[{i}] must hold numbers (or None), got {score!r}")
-            values.append(None if score is None else float(score))
-        out.append(values)
-    return out
-
-
-def _concat_outputs(outputs: list[ViTPoseEstimatorOutput]) -> ViTPoseEstimatorOutput:
-    if len(outputs) == 1:
-        return outputs[0]
-    fields = {}
-    for key in ("heatmaps", "num_keypoints", "dataset_index"):
-        parts = [getattr(o, key) for o in outputs]
-        if all(p is not None for p in parts):
-            fields[key] = torch.cat(parts)
-    return ViTPoseEstimatorOutput(**fields, datasets=outputs[0].datasets)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The pipeline
-# ----------------------------------------------------------------------------------------------------------------
-class PoseEstimationPipeline(Pipeline):
-    """Top-down pose estimation with a ViTPose / ViTPose++ model (task ``"pose-estimation"``).
-
-    Build it with :func:`vitpose_hf.pipeline` or ``transformers.pipeline("pose-estimation", model=...)``.
-
-    Args:
-        model: a :class:`ViTPoseForPoseEstimation` (ours or a converted transformers ``vitpose`` checkpoint).
-        image_processor: a :class:`ViTPoseImageProcessor`; by default the checkpoint's, else one built from the
-            model config.
-        detector: finds the boxes when a call gives none: a Hub name or folder of any transformers
-            object-detection model, a model instance, an object-detection pipeline, an :class:`ObjectDetector` or
-            a callable (see :mod:`vitpose_hf.inference.detection`). ``None``: the whole image is one box.
-        detector_kwargs: passed to the detector's ``from_pretrained``.
-        device: where the model (and detector) run; default: the first GPU if any, else the CPU.
-        torch_dtype (or dtype): ``torch.bfloat16`` / ``"bf16"`` / ``torch.float16`` / ``"fp16"`` to run the pose
-            model in half precision (decoding stays float32); bf16 on a CPU without native bf16 warns once.
-            ``None`` / ``"auto"`` (transformers' meaning): the model's own dtype. The CLI's ``--dtype auto`` rule
-            (bf16 on CUDA and native-bf16 CPUs) is :func:`vitpose_hf.inference.hub.choose_dtype`.
-        compile: ``True`` (or a dict of ``torch.compile`` options, e.g. ``{"backend": "aot_eager"}``) runs the pose
-            model through ``torch.compile``; the first call of each new crop-batch shape compiles.
-        batch_size: crops per forward pass (default 32).
-        Call options may also be given here as defaults: ``dataset``, ``flip_test``, ``box_format``,
-        ``detector_threshold``, ``detector_labels``, ``timeout``.
-    """
-
-    _load_processor = False
-    _load_image_processor = False
-    _load_video_processor = False
-    _load_feature_extractor = False
-    _load_tokenizer = False
-
-    def __init__(
-        self,
-        model: ViTPosePreTrainedModel,
-        image_processor: Any = None,
-        detector: Any = None,
-        detector_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(model, ViTPosePreTrainedModel) or not hasattr(model, "heads"):
-            hint = ""
-            if type(model).__name__ == "VitPoseForPoseEstimation":
-                hint = (
-                    " (this is transformers' VitPose: load the checkpoint with "
-                    "vitpose_hf.ViTPoseForPoseEstimation.from_pretrained, which converts it)"
-                )
-            raise TypeError(
-                "the pose-estimation pipeline needs a vitpose_hf ViTPoseForPoseEstimation, "
-                f"got {type(model).__name__}{hint}"
-            )
-        torch_dtype, plain_dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
-        requested = torch_dtype if torch_dtype not in (None, "auto") else plain_dtype
-        requested = None if requested == "auto" else requested  # transformers' "auto": the model's own dtype
-        resolve_dtype(requested)  # a bad name fails before the pipeline is built
-        compile_options = kwargs.pop("compile", False)
-        if not isinstance(compile_options, (bool, dict)):
-            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {compile_options!r}")
-        image_processor = _adapt_processor(image_processor, model)
-        super().__init__(model=model, image_processor=image_processor, **kwargs)
-        dtype = choose_dtype(requested, self.device)
-        if dtype is not None and self.model.dtype != dtype:
-            self.model.to(dtype)
-        self.model.eval()
-        self._pose_forward: Any = self.model
-        if compile_options:
-            self._pose_forward = torch.compile(self.model, **({} if compile_options is True else compile_options))
-        self.detector: ObjectDetector | None = load_detector(
-            detector, labels=None, device=self.device, **(detector_kwargs or {})
-        )
-        if self.detector is not None and not isinstance(detector, (str, os.PathLike)):
-            self.detector.to(self.device)
-        self._warned_whole_image = False
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Save the model and the image processor (not the detector) to a folder that ``pipeline()`` loads.
-
-        transformers' default would also write a ``custom_pipelines`` entry naming our model class, which its loader
-        looks up in the ``transformers`` namespace and cannot find; importing :mod:`vitpose_hf` registers the task.
-        """
-        if os.path.isfile(save_directory):
-            raise ValueError(f"{os.fspath(save_directory)!r} is a file; pass a folder")
-        os.makedirs(save_directory, exist_ok=True)
-        self.model.save_pretrained(save_directory, **kwargs)
-        self.image_processor.save_pretrained(save_directory, **kwargs)
-
-    # ---- parameters -------------------------------------------------------------------------------------------
-    def _sanitize_parameters(
-        self,
-        boxes: Any = None,
-        box_scores: Any = None,
-        box_format: str | None = None,
-        dataset: str | int | None = None,
-        flip_test: bool | None = None,
-        detector_threshold: float | None = None,
-        detector_labels: Sequence[str] | None = None,
-        timeout: float | None = None,
-        _crop_batch_size: int | None = None,
-    ) -> tuple[dict, dict, dict]:
-        preprocess: dict[str, Any] = {}
-        forward: dict[str, Any] = {}
-        if boxes is not None:
-            preprocess["boxes"] = boxes
-        if box_scores is not None:
-            preprocess["box_scores"] = box_scores
-        if box_format is not None:
-            preprocess["box_format"] = check_box_format(box_format)
-        if dataset is not None:
-            self.model.config.dataset_to_index(dataset)  # ValueError naming this checkpoint's datasets
-            preprocess["dataset"] = dataset
-        if detector_threshold is not None:
-            if isinstance(detector_threshold, bool) or not isinstance(detector_threshold, (int, float)):
-                raise ValueError(f"detector_threshold must be a number, got {detector_threshold!r}")
-            preprocess["detector_threshold"] = float(detector_threshold)
-        if detector_labels is not None:
-            labels = [detector_labels] if isinstance(detector_labels, str) else list(detector_labels)
-            if not labels or not all(isinstance(x, str) for x in labels):
-                raise ValueError(f"detector_labels must be a list of class names, got {detector_labels!r}")
-            preprocess["detector_labels"] = labels
-        if timeout is not None:
-            preprocess["timeout"] = timeout
-        if flip_test is not None:
-            if not isinstance(flip_test, bool):
-                raise ValueError(f"flip_test must be True or False, got {flip_test!r}")
-            forward["flip_test"] = flip_test
-        if _crop_batch_size is not None:
-            if isinstance(_crop_batch_size, bool) or not isinstance(_crop_batch_size, int) or _crop_batch_size < 1:
-                raise ValueError(f"batch_size must be a positive integer, got {_crop_batch_size!r}")
-            forward["batch_size"] = _crop_batch_size
-        return preprocess, forward, {}
-
-    def __call__(self, images: Any, boxes: Any = None, **kwargs: Any) -> list:
-        """Estimate poses.
-
-        Args:
-            images: one image or a list of images: paths, http(s) URLs, PIL images, ``(H, W, C)`` numpy arrays or
-                ``(C, H, W)`` torch tensors (a 4-D array / tensor is a batch).
-            boxes: for one image, its ``(M, 4)`` boxes; for a list, one such list per image. An empty list gives
-                no people. ``None``: the detector's boxes, or the whole image.
-            box_scores: optional scores of the given boxes (same nesting, without the 4), reported as ``box_score``.
-            box_format: ``"xywh"`` (COCO, default) or ``"xyxy"``, for the given boxes and the returned ``box``.
-            dataset: the head of a multi-dataset (ViTPose++) checkpoint: ``"coco"``, ``"aic"``, ``"mpii"``,
-                ``"ap10k"``, ``"apt36k"``, ``"wholebody"`` or an index; default: the checkpoint's first.
-            flip_test: average with the mirrored crops (official flip test); default False.
-            batch_size: crops per forward pass.
-            detector_threshold: minimum detector score (default 0.5).
-            detector_labels: detector classes to keep; default: the dataset's ``detector_labels``.
-            timeout: seconds to wait for URLs.
-
-        Returns:
-            For one image, a list with one dict per person; for a list of images, one such list per image.
-        """
-        if images is None:
-            raise ValueError("pose-estimation needs an image or a list of images")
-        batch_size = kwargs.pop("batch_size", None)
-        if "num_workers" in kwargs:
-            raise TypeError("num_workers is not supported: the crops of all images are batched in one call")
-        single = not is_batch(images)
-        items = [images] if single else list(images)
-        if boxes is not None and single:
-            boxes = split_per_image(boxes, 1, single=True)
-        if single and kwargs.get("box_scores") is not None:
-            scores = kwargs["box_scores"]
-            if not (
-                isinstance(scores, (list, tuple))
-                and len(scores) == 1
-                and isinstance(scores[0], (list, tuple, np.ndarray, torch.Tensor))
-            ):
-                kwargs["box_scores"] = [scores]
-        if boxes is not None:
-            kwargs["boxes"] = boxes
-        if batch_size is not None:
-            kwargs["_crop_batch_size"] = batch_size
-        results = super().__call__(_Images(items), **kwargs)
-        return results[0] if single else results
-
-    # ---- the three steps ----------------------------------------------------------------------------------------
-    def _dataset(self, dataset: str | int | None) -> tuple[int, dict]:
-        index = self.model.config.dataset_to_index(0 if dataset is None else dataset)
-        return index, self.model.config.datasets[index]
-
-    def preprocess(
-        self,
-        inputs: _Images,
-        boxes: Any = None,
-        box_scores: Any = None,
-        box_format: str = "xywh",
-        dataset: str | int | None = None,
-        detector_threshold: float = DEFAULT_DETECTOR_THRESHOLD,
-        detector_labels: Sequence[str] | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        index, info = self._dataset(dataset)
-        images = [_load_image(image, f"images[{i}]", timeout) for i, image in enumerate(inputs.items)]
-        if boxes is not None:
-            per_image = _boxes_per_image(boxes, len(images), box_format)
-            scores = _scores_per_image(box_scores, per_image)
-            labels: list[list[str | None]] = [[None] * len(b) for b in per_image]
-        elif box_scores is not None:
-            raise ValueError("box_scores were given without boxes")
-        elif self.detector is not None:
-            wanted = detector_labels if detector_labels is not None else info.get("detector_labels") or ["person"]
-            detections = self.detector(images, labels=wanted, threshold=detector_threshold)
-            per_image = [convert_boxes(d.boxes, "xyxy", box_format) for d in detections]
-            scores = [[float(s) for s in d.scores] for d in detections]
-            labels = [list(d.labels) for d in detections]
-        else:
-            if not self._warned_whole_image:
-                logger.warning(
-                    "no boxes and no detector: each whole image is used as one box (one subject per image). Pass "
-                    "boxes=... or build the pipeline with detector=... (any transformers object-detection model)."
-                )
-                self._warned_whole_image = True
-            per_image = []
-            for image in images:
-                height, width = image_size(image)
-                per_image.append(np.array([[0.0, 0.0, float(width), float(height)]]))  # same numbers in both formats
-            scores = [[None] for _ in images]
-            labels = [[None] for _ in images]
-        crops = self.image_processor(images, boxes=per_image, box_format=box_format, device=self.device, dataset=info)
-        return {
-            "crops": crops,
-            "dataset_index": index,
-            "boxes": per_image,
-            "box_scores": scores,
-            "box_labels": labels,
-            "box_format": box_format,
-        }
-
-    def _forward(
-        self, model_inputs: dict[str, Any], flip_test: bool = False, batch_size: int | None = None
-    ) -> dict[str, Any]:
-        crops = model_inputs["crops"]
-        index = model_inputs["dataset_index"]
-        info = self.model.config.datasets[index]
-        pixel_values = crops["pixel_values"]
-        n = pixel_values.shape[0]
-        if n == 0:
-            people: list[list[dict]] = [[] for _ in model_inputs["boxes"]]
-        else:
-            size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
-            dtype = self.model.dtype
-            outputs, flipped = [], []
-            for start in range(0, n, size):
-                chunk = pixel_values[start : start + size].to(device=self.device, dtype=dtype)
-                outputs.append(self._pose_forward(chunk, dataset_index=index))
-                if flip_test:
-                    flipped.append(self._pose_forward(flip_pixel_values(chunk), dataset_index=index))
-            people = self.image_processor.post_process_pose_estimation(
-                _concat_outputs(outputs),
-                flip_outputs=_concat_outputs(flipped) if flip_test else None,
-                crop_metadata=crops,
-                dataset=info,
-            )
-        return {**{k: v for k, v in model_inputs.items() if k != "crops"}, "people": people}
-
-    def postprocess(self, model_outputs: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        box_format = model_outputs["box_format"]
-        results = []
-        for image_people, boxes, scores, labels in zip(
-            model_outputs["people"], model_outputs["boxes"], model_outputs["box_scores"], model_outputs["box_labels"]
-        ):
-            image_results = []
-            for j, person in enumerate(image_people):
-                points = person["keypoints"].detach().cpu().double().tolist()
-                point_scores = person["scores"].detach().cpu().double().tolist()
-                image_results.append(
-                    {
-                        "box": [float(v) for v in boxes[j]],
-                        "box_format": box_format,
-                        "box_score": scores[j],
-                        "label": labels[j],
-                        "dataset": person["dataset"],
-                        "keypoints": [
-                            {"name": name, "x": xy[0], "y": xy[1], "score": s}
-                            for name, xy, s in zip(person["labels"], points, point_scores)
-                        ],
-                    }
-                )
-            results.append(image_results)
-        return results
+    return kernel.processor_for_model(model, source, find_file=hub_file)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Registration and the convenience constructor
 # ----------------------------------------------------------------------------------------------------------------
+_LOAD_FLAGS = (
+    "_load_processor",
+    "_load_image_processor",
+    "_load_video_processor",
+    "_load_feature_extractor",
+    "_load_tokenizer",
+)
+
+
+class KeypointDetectionDispatch:
+    """The ``keypoint-detection`` entry when another pipeline already serves that task (see
+    :func:`register_pipeline`): ViTPose models get ours, every other model the pipeline that was there."""
+
+    builtin: type  # set on the subclass that register_pipeline makes for the pipeline it found
+
+    def __new__(cls, model: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(model, ViTPosePreTrainedModel):
+            return PoseEstimationPipeline(model, *args, **kwargs)
+        return cls.builtin(model, *args, **kwargs)
+
+
+def _resolve(impl: Any) -> type:
+    if isinstance(impl, str):  # transformers stores built-in impls as dotted paths
+        import importlib
+
+        module, _, name = impl.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return impl
+
+
 def register_pipeline() -> None:
-    """Register ``"pose-estimation"`` with transformers' ``PIPELINE_REGISTRY`` (idempotent)."""
+    """Register ``"keypoint-detection"`` and its alias ``"pose-estimation"`` with transformers (idempotent).
+
+    transformers 5.24 has no ``keypoint-detection`` pipeline (SuperPoint-style models are reached through
+    ``AutoModelForKeypointDetection`` and the ``keypoint-matching`` task), so ours simply takes the name. Should a
+    later transformers (or another library) serve ``keypoint-detection`` already, overwriting its entry would break
+    its models; the entry becomes a :class:`KeypointDetectionDispatch` instead: its model classes are tried first
+    (our checkpoints load through them too, being registered with ``AutoModelForKeypointDetection``), then ours
+    (which also converts transformers' ``vitpose`` checkpoints), and the loaded model picks the pipeline.
+    """
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
-    if current is not None and current.get("impl") is PoseEstimationPipeline:
-        return
-    PIPELINE_REGISTRY.register_pipeline(
-        TASK,
-        pipeline_class=PoseEstimationPipeline,
-        pt_model=ViTPoseForPoseEstimation,
-        default={"pt": (DEFAULT_MODEL, "main")},
-        type="image",
-    )
+    for task in (TASK, *TASK_ALIASES):
+        current = PIPELINE_REGISTRY.supported_tasks.get(task)
+        impl = current.get("impl") if current else None
+        if impl is PoseEstimationPipeline or (isinstance(impl, type) and issubclass(impl, KeypointDetectionDispatch)):
+            continue
+        if impl is not None and task == TASK:
+            builtin = _resolve(impl)
+            flags = {name: getattr(builtin, name, False) for name in _LOAD_FLAGS}
+            dispatch = type("KeypointDetectionDispatch", (KeypointDetectionDispatch,), {**flags, "builtin": builtin})
+            theirs = current.get("pt") or ()
+            PIPELINE_REGISTRY.register_pipeline(
+                task,
+                pipeline_class=dispatch,
+                pt_model=(*(theirs if isinstance(theirs, tuple) else (theirs,)), ViTPoseForPoseEstimation),
+                default=current.get("default"),
+                type=current.get("type", "image"),
+            )
+            continue
+        PIPELINE_REGISTRY.register_pipeline(
+            task,
+            pipeline_class=PoseEstimationPipeline,
+            pt_model=ViTPoseForPoseEstimation,
+            default={"pt": (DEFAULT_MODEL, "main")},
+            type="image",
+        )
 
 
 def pipeline(
@@ -517,7 +163,7 @@ def pipeline(
     image_processor: ViTPoseImageProcessor | str | None = None,
     **kwargs: Any,
 ) -> PoseEstimationPipeline:
-    """Build a :class:`PoseEstimationPipeline` (same as ``transformers.pipeline("pose-estimation", ...)``).
+    """Build a :class:`PoseEstimationPipeline` (same as ``transformers.pipeline("keypoint-detection", ...)``).
 
     Args:
         model: Hub name or local folder of a ViTPose checkpoint (ours or transformers' ``vitpose``), or a model.
