@@ -17,6 +17,8 @@ KERNEL = {
     "boxes",
     "codecs",
     "geometry",
+    "modeling_vitpose_hf_bottom_up",
+    "image_processing_vitpose_hf_bottom_up",
 }
 
 
