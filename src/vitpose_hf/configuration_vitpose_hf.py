@@ -291,6 +291,8 @@ class ViTPoseBottomUpConfig(ViTPoseConfig):
         heatmap_sigma: Gaussian sigma of the training targets, in heatmap pixels.
         heatmap_loss_weight, pull_loss_weight, push_loss_weight: weights of the masked heatmap MSE and of the
             associative-embedding pull (same person) and push (different people) terms.
+        push_loss_type: `"exp"` (the paper's `exp(-d^2)`) or `"max"` (`max(0, 1 - d)`, which also pushes apart
+            tags that start equal).
         max_people: most people decoded per image (top-k peaks per keypoint).
         detection_threshold: a peak below this heatmap value starts no person.
         tag_threshold: largest tag distance at which a peak joins a person.
@@ -307,6 +309,7 @@ class ViTPoseBottomUpConfig(ViTPoseConfig):
         heatmap_loss_weight: float = 1.0,
         pull_loss_weight: float = 1e-3,
         push_loss_weight: float = 1e-3,
+        push_loss_type: str = "exp",
         max_people: int = 30,
         detection_threshold: float = 0.1,
         tag_threshold: float = 1.0,
@@ -317,6 +320,7 @@ class ViTPoseBottomUpConfig(ViTPoseConfig):
         self.heatmap_loss_weight = float(heatmap_loss_weight)
         self.pull_loss_weight = float(pull_loss_weight)
         self.push_loss_weight = float(push_loss_weight)
+        self.push_loss_type = push_loss_type
         self.max_people = int(max_people)
         self.detection_threshold = float(detection_threshold)
         self.tag_threshold = float(tag_threshold)
@@ -328,6 +332,8 @@ class ViTPoseBottomUpConfig(ViTPoseConfig):
             raise ValueError(f"tag_dim must be >= 1, got {self.tag_dim}")
         if not self.heatmap_sigma > 0:
             raise ValueError(f"heatmap_sigma must be positive, got {self.heatmap_sigma}")
+        if self.push_loss_type not in ("exp", "max"):
+            raise ValueError(f"push_loss_type must be 'exp' or 'max', got {self.push_loss_type!r}")
         if self.max_people < 1:
             raise ValueError(f"max_people must be >= 1, got {self.max_people}")
         if not self.tag_threshold > 0:

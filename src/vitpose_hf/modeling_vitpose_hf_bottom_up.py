@@ -60,7 +60,9 @@ class ViTPoseBottomUpOutput(ModelOutput):
     loss_terms: dict[str, torch.Tensor] | None = None
 
 
-def associative_embedding_loss(tags: torch.Tensor, keypoint_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def associative_embedding_loss(
+    tags: torch.Tensor, keypoint_indices: torch.Tensor, push_type: str = "exp"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pull and push terms of associative embedding, averaged over the images of the batch.
 
     Args:
@@ -69,8 +71,12 @@ def associative_embedding_loss(tags: torch.Tensor, keypoint_indices: torch.Tenso
             labelled (padding people have all zeros; unlabelled people must not appear here).
 
     Pull: mean over people of the squared distance of their tags to their mean tag. Push: mean over ordered pairs of
-    different people of `exp(-|mean_i - mean_j|^2)`, halved (each pair counted once), as HigherHRNet's "exp" loss.
+    different people of `exp(-|mean_i - mean_j|^2)` (`push_type="exp"`, the paper's) or `max(0, 1 - |mean_i -
+    mean_j|)` (`"max"`, whose gradient does not vanish when all tags start equal), halved (each pair counted once),
+    as HigherHRNet's AE loss.
     """
+    if push_type not in ("exp", "max"):
+        raise ValueError(f"push_type must be 'exp' or 'max', got {push_type!r}")
     b, k, dim, h, w = tags.shape
     if keypoint_indices.ndim != 4 or keypoint_indices.shape[0] != b or keypoint_indices.shape[2] != k:
         raise ValueError(f"keypoint_indices must have shape ({b}, M, {k}, 2), got {tuple(keypoint_indices.shape)}")
@@ -88,7 +94,8 @@ def associative_embedding_loss(tags: torch.Tensor, keypoint_indices: torch.Tenso
     pull = (spread * present).sum(-1) / people.clamp_min(1)
     diff = ((mean[:, :, None] - mean[:, None]) ** 2).sum(-1)  # (B, M, M)
     pair = present[:, :, None] * present[:, None] * (1 - torch.eye(mean.shape[1], dtype=tags.dtype, device=tags.device))
-    push = (torch.exp(-diff) * pair).sum((1, 2)) / (people * (people - 1)).clamp_min(1) * 0.5
+    closeness = torch.exp(-diff) if push_type == "exp" else F.relu(1 - (diff + 1e-12).sqrt())
+    push = (closeness * pair).sum((1, 2)) / (people * (people - 1)).clamp_min(1) * 0.5
     return pull.mean() if b else pull.sum(), push.mean() if b else push.sum()
 
 
@@ -99,6 +106,7 @@ def bottom_up_loss(
     masks: torch.Tensor,
     keypoint_indices: torch.Tensor,
     weights: tuple[float, float, float] = (1.0, 1e-3, 1e-3),
+    push_type: str = "exp",
 ) -> dict[str, torch.Tensor]:
     """Masked heatmap MSE plus associative-embedding pull / push.
 
@@ -108,6 +116,7 @@ def bottom_up_loss(
         masks: `(B, h, w)`, 0 in crowd regions and over unlabelled people, where the heatmap loss does not look.
         keypoint_indices: `(B, M, K, 2)`, see `associative_embedding_loss`.
         weights: heatmap, pull, push weights.
+        push_type: see `associative_embedding_loss`.
 
     Returns:
         `{"loss", "heatmap", "pull", "push"}`, the three terms already weighted.
@@ -120,7 +129,7 @@ def bottom_up_loss(
         raise ValueError(f"masks must have shape {(heatmaps.shape[0], *heatmaps.shape[2:])}, got {tuple(masks.shape)}")
     diff = (heatmaps.float() - target_heatmaps.float()) ** 2 * masks.float()[:, None]
     heatmap = diff.mean() * weights[0]
-    pull, push = associative_embedding_loss(tags.float(), keypoint_indices)
+    pull, push = associative_embedding_loss(tags.float(), keypoint_indices, push_type)
     terms = {"heatmap": heatmap, "pull": pull * weights[1], "push": push * weights[2]}
     return {"loss": terms["heatmap"] + terms["pull"] + terms["push"], **terms}
 
@@ -213,6 +222,7 @@ class ViTPoseForBottomUpPoseEstimation(ViTPosePreTrainedModel):
                 masks,
                 keypoint_indices,
                 (c.heatmap_loss_weight, c.pull_loss_weight, c.push_loss_weight),
+                c.push_loss_type,
             )
             loss = terms.pop("loss")
         if not return_dict:
