@@ -34,6 +34,7 @@ __all__ = [
     "bottom_up_coco_results",
     "bottom_up_collate",
     "evaluate_bottom_up",
+    "evaluate_bottom_up_on_coco",
     "train_bottom_up",
 ]
 
@@ -299,3 +300,37 @@ def evaluate_bottom_up(
     if not results:
         raise ValueError("the model found no people in any image; COCO AP is undefined without predictions")
     return coco_keypoint_metrics(ground_truth, results, dataset, **metric_kwargs)
+
+
+def evaluate_bottom_up_on_coco(
+    model: ViTPoseForBottomUpPoseEstimation | BottomUpPoseEstimator | str | os.PathLike,
+    annotations: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    dataset: str | Mapping[str, Any] = "coco",
+    max_images: int | None = None,
+    results_file: str | os.PathLike | None = None,
+    **metric_kwargs: Any,
+) -> dict[str, float]:
+    """COCO AP of a bottom-up model on a COCO-format keypoint json and its image folder (default: the json's
+    folder); with ``results_file`` the COCO results are written there as JSON (for `vitpose-hf evaluate`)."""
+    import json
+    from pathlib import Path
+
+    annotations = Path(annotations)
+    with open(annotations, encoding="utf-8") as f:
+        gt = json.load(f)
+    folder = Path(images) if images is not None else annotations.parent
+    entries = gt.get("images") or []
+    if max_images is not None:
+        entries = entries[:max_images]
+        ids = {e["id"] for e in entries}
+        gt = {**gt, "images": entries, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
+    rows = [{"image": str(folder / e["file_name"]), "image_id": e["id"]} for e in entries]
+    estimator = model if isinstance(model, BottomUpPoseEstimator) else BottomUpPoseEstimator(model)
+    results = bottom_up_coco_results(estimator, rows)
+    if results_file is not None:
+        with open(results_file, "w", encoding="utf-8") as f:
+            json.dump(results, f)
+    if not results:
+        raise ValueError("the model found no people in any image; COCO AP is undefined without predictions")
+    return coco_keypoint_metrics(gt, results, dataset, **metric_kwargs)
