@@ -580,8 +580,6 @@ class AssociativeEmbedding(UDPHeatmap):
                     c, p = divmod(int(flat), len(people))
                     if c in taken_c or p in taken_p or distance[c, p] >= self.tag_threshold:
                         continue
-                    if people[p][j, 3] > 0:
-                        continue
                     taken_c.add(c)
                     taken_p.add(p)
                     i = keep[c]
