@@ -24,8 +24,8 @@ POLE = {
 }
 SIDE = 64
 # Grouping accuracy: a keypoint is grouped right when its predicted tag is nearer the mean tag of its own figure's
-# other keypoints than the mean tag of every other figure. With 2-3 figures, chance is about 0.4-0.5; the untrained
-# model's accuracy is measured below as the chance level of this data.
+# other keypoints than the mean tag of every other figure. With 2-3 figures random tags score about 0.4-0.5; the
+# untrained model (measured below as this data's chance level) scores 0.16 and the trained one 0.85 (seed 0).
 THRESHOLD = 0.7
 
 
