@@ -33,6 +33,10 @@ GT_FILES = [
         "super-gradients/pose_minicoco/annotations/person_keypoints_val2017.json",
         "super-gradients/pose_minicoco/images/val2017",
     ),
+    (
+        "super-gradients/pose_minicoco/annotations/person_keypoints_train2017.json",
+        "super-gradients/pose_minicoco/images/train2017",
+    ),
 ]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, deconv_channels=16)
 
@@ -290,3 +294,32 @@ def test_bad_input_gives_clear_errors():
         model(torch.zeros(1, 3, 64, 64), target_heatmaps=torch.zeros(1, 17, 16, 16))
     with pytest.raises(ValueError, match="out of range"):
         model(torch.zeros(1, 3, 64, 64), dataset_index=3)
+
+
+def test_people_have_the_top_down_output_format(shared_data):
+    """Same keys, shapes and dtypes as the top-down processor's per-person dicts (plus the person `score`)."""
+    from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+
+    image = np.zeros((120, 160, 3), np.uint8)
+    top_down = ViTPoseImageProcessor()
+    crops = top_down.preprocess(image, boxes=[[[10.0, 10.0, 50.0, 90.0]]])
+    reference = top_down.post_process_pose_estimation(torch.rand(1, 17, 64, 48), crop_metadata=crops)[0][0]
+    gt = json.loads((shared_data / GT_FILES[0][0]).read_text())
+    entry = gt["images"][0]
+    people = _people(gt, entry["id"])
+    processor = ViTPoseBottomUpImageProcessor()
+    meta = processor.preprocess(np.zeros((entry["height"], entry["width"], 3), np.uint8))
+    found = processor.post_process_pose_estimation(
+        _maps(processor.get_codec(), people, entry["height"], entry["width"], 512), meta
+    )[0]
+    assert len(found) == len(people)
+    for person in found:
+        assert set(person) == set(reference) | {"score"}
+        for key in ("keypoints", "scores", "bbox"):
+            assert person[key].shape == reference[key].shape and person[key].dtype == reference[key].dtype
+        assert person["labels"] == reference["labels"] and person["dataset"] == reference["dataset"]
+        x, y, w, h = person["bbox"].tolist()
+        xy = person["keypoints"]
+        assert x <= xy[:, 0].min() and xy[:, 0].max() <= x + w + 1e-3 and y <= xy[:, 1].min()
+    scores = [p["score"] for p in found]
+    assert scores == sorted(scores, reverse=True)

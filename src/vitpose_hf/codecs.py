@@ -450,7 +450,10 @@ class AssociativeEmbedding(UDPHeatmap):
     geometry of :class:`UDPHeatmap`.
 
     Args:
-        input_size, heatmap_size, sigma, blur_kernel_size: as :class:`UDPHeatmap`.
+        input_size, heatmap_size, sigma: as :class:`UDPHeatmap`.
+        blur_kernel_size: DARK blur kernel; 3 here, not the top-down 11: in crowds an 11 x 11 blur mixes the
+            neighbours' Gaussians into each peak and biases it (perfect-tag COCO AP on the crowded mini-COCO train
+            images: 0.87 with 11, 0.99 with 3).
         max_people: peaks kept per keypoint (top-k), hence the most people per image.
         detection_threshold: a peak below this value is not used.
         tag_threshold: a peak joins the person whose mean tag is nearest when the distance is below this.
@@ -463,7 +466,7 @@ class AssociativeEmbedding(UDPHeatmap):
         input_size: tuple[int, int] = (512, 512),
         heatmap_size: tuple[int, int] = (128, 128),
         sigma: float = 2.0,
-        blur_kernel_size: int = 11,
+        blur_kernel_size: int = 3,
         max_people: int = 30,
         detection_threshold: float = 0.1,
         tag_threshold: float = 1.0,

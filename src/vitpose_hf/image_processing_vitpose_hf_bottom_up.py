@@ -58,7 +58,8 @@ class ViTPoseBottomUpImageProcessor(BaseImageProcessor):
         scales: multi-scale test: input sides ``size * s`` (rounded to a multiple of 32); the first is the
             reference whose heatmap grid the others are resized to.
         flip_test: also run the mirrored images and average heatmaps (tags are stacked).
-        heatmap_stride, sigma, blur_kernel_size, max_people, detection_threshold, tag_threshold, nms_kernel,
+        blur_kernel_size: DARK blur of the decoder (3: see :class:`~.codecs.AssociativeEmbedding`).
+        heatmap_stride, sigma, max_people, detection_threshold, tag_threshold, nms_kernel,
             refine: the :class:`~.codecs.AssociativeEmbedding` codec settings.
     """
 
@@ -96,7 +97,7 @@ class ViTPoseBottomUpImageProcessor(BaseImageProcessor):
         flip_test: bool = False,
         heatmap_stride: int = 4,
         sigma: float = 2.0,
-        blur_kernel_size: int = 11,
+        blur_kernel_size: int = 3,
         max_people: int = 30,
         detection_threshold: float = 0.1,
         tag_threshold: float = 1.0,
