@@ -25,7 +25,7 @@ from vitpose_hf.modeling_vitpose_hf_bottom_up import (
     associative_embedding_loss,
     bottom_up_loss,
 )
-from vitpose_hf.training.bottom_up import BottomUpTargets
+from vitpose_hf.training.bottom_up import BottomUpTargets, evaluate_bottom_up_on_coco, train_bottom_up
 
 GT_FILES = [
     ("mmpose/coco/test_coco.json", "mmpose/coco"),
@@ -249,6 +249,7 @@ def test_image_without_people_gives_an_empty_list():
     blank = np.full((50, 70, 3), 128, np.uint8)
     assert estimator([blank, blank]) == [[], []]
     assert estimator([]) == []
+    assert BottomUpPoseEstimator(model, scales=(1.0, 0.5), flip_test=True)(blank) == [[]]
     codec = AssociativeEmbedding((64, 64), (16, 16))
     empty = codec.encode_people(torch.zeros(0, 17, 2))
     assert empty["keypoint_indices"].shape == (0, 17, 2) and empty["heatmaps"].abs().max() == 0
@@ -323,3 +324,11 @@ def test_people_have_the_top_down_output_format(shared_data):
         assert x <= xy[:, 0].min() and xy[:, 0].max() <= x + w + 1e-3 and y <= xy[:, 1].min()
     scores = [p["score"] for p in found]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_training_and_evaluation_refuse_empty_input(shared_data):
+    model = ViTPoseForBottomUpPoseEstimation(ViTPoseBottomUpConfig(image_size=(64, 64), **TINY))
+    with pytest.raises(ValueError, match="empty"):
+        train_bottom_up(model, [], steps=1)
+    with pytest.raises(ValueError, match="found no people"):
+        evaluate_bottom_up_on_coco(model, shared_data / GT_FILES[0][0], max_images=1)
