@@ -18,6 +18,8 @@ KERNEL = {
     "boxes",
     "codecs",
     "geometry",
+    "modeling_vitpose_hf_bottom_up",
+    "image_processing_vitpose_hf_bottom_up",
 }
 
 

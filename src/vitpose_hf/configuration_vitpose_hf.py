@@ -274,4 +274,91 @@ class ViTPoseConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["HEADS_BY_WIDTH", "LAYER_DECAY", "PRESET_SIZES", "PresetSize", "ViTPoseConfig", "preset_size_key"]
+# Bottom-up gets its own config class and model_type (not a `paradigm` flag on ViTPoseConfig): the Auto classes map
+# one model_type to one model class, so `AutoModelForPoseEstimation.from_pretrained` on a bottom-up checkpoint must
+# see a different type to build ViTPoseForBottomUpPoseEstimation; it subclasses ViTPoseConfig so that the shared
+# encoder (ViTPoseModel, which only reads ViTPoseConfig fields) takes it unchanged.
+class ViTPoseBottomUpConfig(ViTPoseConfig):
+    r"""Configuration of bottom-up ViTPose: the whole (padded, square) image in, every person's keypoints out.
+
+    All `ViTPoseConfig` arguments apply (the encoder and decoder are the same); the defaults differ in
+    `image_size` (512 x 512, a 32 x 32 token grid) and `interpolate_pos_encoding` (on, for multi-scale tests).
+    Each head predicts, at the heatmap resolution (1/4 of the input with the classic decoder), K heatmaps followed
+    by K x `tag_dim` associative-embedding tag maps (Newell et al., "Associative Embedding", NeurIPS 2017).
+
+    Args:
+        tag_dim: length of each keypoint's tag (1 as in the paper and HigherHRNet).
+        heatmap_sigma: Gaussian sigma of the training targets, in heatmap pixels.
+        heatmap_loss_weight, pull_loss_weight, push_loss_weight: weights of the masked heatmap MSE and of the
+            associative-embedding pull (same person) and push (different people) terms.
+        push_loss_type: `"exp"` (the paper's `exp(-d^2)`) or `"max"` (`max(0, 1 - d)`, which also pushes apart
+            tags that start equal).
+        max_people: most people decoded per image (top-k peaks per keypoint).
+        detection_threshold: a peak below this heatmap value starts no person.
+        tag_threshold: largest tag distance at which a peak joins a person.
+    """
+
+    model_type = "vitpose_hf_bottom_up"
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] | list[int] = (512, 512),
+        interpolate_pos_encoding: bool = True,
+        tag_dim: int = 1,
+        heatmap_sigma: float = 2.0,
+        heatmap_loss_weight: float = 1.0,
+        pull_loss_weight: float = 1e-3,
+        push_loss_weight: float = 1e-3,
+        push_loss_type: str = "exp",
+        max_people: int = 30,
+        detection_threshold: float = 0.1,
+        tag_threshold: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        self.tag_dim = int(tag_dim)
+        self.heatmap_sigma = float(heatmap_sigma)
+        self.heatmap_loss_weight = float(heatmap_loss_weight)
+        self.pull_loss_weight = float(pull_loss_weight)
+        self.push_loss_weight = float(push_loss_weight)
+        self.push_loss_type = push_loss_type
+        self.max_people = int(max_people)
+        self.detection_threshold = float(detection_threshold)
+        self.tag_threshold = float(tag_threshold)
+        super().__init__(image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.tag_dim < 1:
+            raise ValueError(f"tag_dim must be >= 1, got {self.tag_dim}")
+        if not self.heatmap_sigma > 0:
+            raise ValueError(f"heatmap_sigma must be positive, got {self.heatmap_sigma}")
+        if self.push_loss_type not in ("exp", "max"):
+            raise ValueError(f"push_loss_type must be 'exp' or 'max', got {self.push_loss_type!r}")
+        if self.max_people < 1:
+            raise ValueError(f"max_people must be >= 1, got {self.max_people}")
+        if not self.tag_threshold > 0:
+            raise ValueError(f"tag_threshold must be positive, got {self.tag_threshold}")
+        for name in ("heatmap_loss_weight", "pull_loss_weight", "push_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_top_down(cls, config: ViTPoseConfig, image_size: tuple[int, int] = (512, 512), **overrides: Any):
+        """The bottom-up configuration with the encoder, decoder and datasets of a top-down one."""
+        values = config.to_dict()
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+            values.pop(key, None)
+        values.update(image_size=list(image_size), interpolate_pos_encoding=True, knowledge_token=False)
+        values.update(overrides)
+        return cls(**values)
+
+
+__all__ = [
+    "HEADS_BY_WIDTH",
+    "LAYER_DECAY",
+    "PRESET_SIZES",
+    "PresetSize",
+    "ViTPoseBottomUpConfig",
+    "ViTPoseConfig",
+    "preset_size_key",
+]

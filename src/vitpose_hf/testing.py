@@ -95,6 +95,8 @@ def synthetic_keypoint_dataset(
     figure_height: tuple[float, float] = (0.45, 0.8),
     image_id_offset: int = 0,
     image_format: str = "PNG",
+    min_figures: int = 1,
+    side_by_side: bool = False,
 ):
     """Images of drawn figures with known keypoints, in the Hub schema (`keypoint_features`).
 
@@ -111,7 +113,11 @@ def synthetic_keypoint_dataset(
         figure_height: figure height as a fraction of the image height (range).
         image_id_offset: first ``image_id``.
         image_format: ``"PNG"`` (lossless: keypoint colours exact) or ``"JPEG"`` (realistic decoding cost).
+        min_figures: at least this many figures per image (multi-person images for bottom-up models).
+        side_by_side: give each figure its own vertical strip of the image, so figures do not overlap.
     """
+    if not 1 <= min_figures <= max_figures:
+        raise ValueError(f"need 1 <= min_figures <= max_figures, got {min_figures} and {max_figures}")
     import io
 
     import datasets
@@ -133,18 +139,20 @@ def synthetic_keypoint_dataset(
         image = PIL.Image.fromarray(pixels)
         draw = PIL.ImageDraw.Draw(image)
         objects = []
-        for _ in range(int(rng.integers(1, max_figures + 1))):
+        count = int(rng.integers(min_figures, max_figures + 1))
+        for f in range(count):
             fig_h = rng.uniform(*figure_height) * height / 2
             angle = np.deg2rad(rng.uniform(-15, 15))
             rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
             points = (template + rng.normal(0, 0.03, template.shape)) @ rot.T * fig_h
             lo, hi = points.min(axis=0), points.max(axis=0)
             margin = 6.0
+            left, right = (f * width / count, (f + 1) * width / count) if side_by_side else (0.0, width)
             center = np.array(
                 [
-                    rng.uniform(margin - lo[0], width - margin - hi[0])
-                    if width - 2 * margin > hi[0] - lo[0]
-                    else width / 2,
+                    rng.uniform(left + margin - lo[0], right - margin - hi[0])
+                    if right - left - 2 * margin > hi[0] - lo[0]
+                    else (left + right) / 2,
                     rng.uniform(margin - lo[1], height - margin - hi[1])
                     if height - 2 * margin > hi[1] - lo[1]
                     else height / 2,
