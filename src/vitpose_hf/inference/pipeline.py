@@ -22,9 +22,11 @@ import torch
 
 from vitpose_hf import pipeline_vitpose_hf as kernel
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+from vitpose_hf.inference.bottom_up import BottomUpPoseEstimator, is_bottom_up_checkpoint
 from vitpose_hf.inference.detection import ObjectDetector
 from vitpose_hf.inference.hub import choose_dtype, hub_file, hub_load, resolve_dtype
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation, ViTPosePreTrainedModel
+from vitpose_hf.modeling_vitpose_hf_bottom_up import ViTPoseForBottomUpPoseEstimation
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -161,8 +163,9 @@ def pipeline(
     device: int | str | torch.device | None = None,
     torch_dtype: str | torch.dtype | None = None,
     image_processor: ViTPoseImageProcessor | str | None = None,
+    paradigm: str | None = None,
     **kwargs: Any,
-) -> PoseEstimationPipeline:
+) -> PoseEstimationPipeline | BottomUpPoseEstimator:
     """Build a :class:`PoseEstimationPipeline` (same as ``transformers.pipeline("keypoint-detection", ...)``).
 
     Args:
@@ -174,10 +177,32 @@ def pipeline(
         device: ``"cuda"``, ``"cpu"``, ``0``, ... (default: first GPU if any).
         torch_dtype: ``"bf16"`` / ``"fp16"`` / a torch dtype for the pose model.
         image_processor: a :class:`ViTPoseImageProcessor` or folder; by default the checkpoint's.
+        paradigm: ``"top-down"`` (boxes or a detector, then crops) or ``"bottom-up"`` (whole images, a
+            :class:`~vitpose_hf.inference.bottom_up.BottomUpPoseEstimator`, same per-person output). Default: from
+            the checkpoint (a bottom-up model or local bottom-up folder gives bottom-up).
         kwargs: ``compile``, ``batch_size``, ``flip_test``, ``box_format``, ``detector_threshold``, ``detector_labels``,
             ``detector_kwargs``, ``revision`` / ``token`` / ``cache_dir`` (for loading by name).
     """
     register_pipeline()
+    if paradigm not in (None, "top-down", "bottom-up"):
+        raise ValueError(f"paradigm must be 'top-down' or 'bottom-up', got {paradigm!r}")
+    if paradigm == "bottom-up" or (
+        paradigm is None
+        and (
+            isinstance(model, ViTPoseForBottomUpPoseEstimation)
+            or (isinstance(model, (str, os.PathLike)) and is_bottom_up_checkpoint(model))
+        )
+    ):
+        if detector is not None:
+            raise ValueError("a bottom-up model finds the people itself: detector= does not apply")
+        if torch_dtype not in (None, "auto", "fp32", "float32", torch.float32):
+            raise ValueError(f"torch_dtype={torch_dtype!r} is not supported for bottom-up models (they run in fp32)")
+        if image_processor is not None:
+            kwargs["processor"] = image_processor
+        unknown = set(kwargs) - {"scales", "flip_test", "batch_size"}
+        if unknown:
+            raise TypeError(f"bottom-up pipeline got unexpected arguments: {', '.join(sorted(unknown))}")
+        return BottomUpPoseEstimator(model, dataset=0 if dataset is None else dataset, device=device, **kwargs)
     load_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     model = load_pose_model(model, torch_dtype=torch_dtype, **load_kwargs)
