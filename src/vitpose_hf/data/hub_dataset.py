@@ -510,6 +510,21 @@ def load_image_split(name_or_path: str, split: str, streaming: bool = False, cac
             shards = max(1, min(64, ds.num_rows // 64))
             ds = ds.to_iterable_dataset(num_shards=shards)
         return ds
+    from vitpose_hf.inference.hub import check_local_path, hub_reachable, unreachable_error
+
+    check_local_path(name_or_path, "dataset", "--dataset-name")
+    if os.path.isdir(name_or_path) or not hub_reachable():
+        # a folder of data files, or a Hub name that only the cache can serve: no network round trips
+        try:
+            return datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
+        except ValueError as exc:  # "Unknown split"
+            if "split" in str(exc).lower():
+                return None
+            raise
+        except Exception as exc:  # noqa: BLE001 - datasets' many "not cached / no connection" errors
+            if os.path.isdir(name_or_path):
+                raise
+            raise unreachable_error(name_or_path, "dataset", "--dataset-name") from exc
     try:
         return datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
     except ValueError as exc:  # "Unknown split"
