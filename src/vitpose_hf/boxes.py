@@ -158,24 +158,28 @@ def convert_boxes(boxes: Any, source: str, target: str) -> Any:
     return array if isinstance(boxes, np.ndarray) else array.tolist()
 
 
-def box_warnings(boxes: TensorLike, box_format: str, width: float, height: float, name: str = "boxes") -> list[str]:
+def box_warnings(
+    boxes: TensorLike, box_format: str, width: float, height: float, name: str = "boxes"
+) -> dict[str, str]:
     """Messages for boxes that are almost surely a mistake (not errors: the model still runs on them).
 
     - a zero-size box (its crop is all black);
     - a box entirely outside the ``width`` x ``height`` image;
     - an ``xywh`` box whose reading reaches far (over 10% of the image) beyond the image while its ``xyxy``
       reading fits: the boxes are probably ``xyxy`` given as ``xywh``.
-    One message per kind, naming the first such box and how many there are.
+    Returns ``{kind: message}`` with kinds ``"zero-size"``, ``"outside"``, ``"xyxy-as-xywh"`` (so that a caller can
+    warn once per kind); each message names the first such box and how many there are.
     """
     box_format = check_box_format(box_format)
     tensor = validate_boxes(boxes, box_format, name).double()
     if tensor.shape[0] == 0:
-        return []
+        return {}
     xyxy = xywh_to_xyxy(tensor) if box_format == "xywh" else tensor
     size = xyxy[:, 2:] - xyxy[:, :2]
     checks = [
-        ((size <= 0).any(dim=1), "has zero width or height (its crop is all black)"),
+        ("zero-size", (size <= 0).any(dim=1), "has zero width or height (its crop is all black)"),
         (
+            "outside",
             (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0) | (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height),
             f"lies entirely outside the {width:g} x {height:g} image",
         ),
@@ -191,18 +195,19 @@ def box_warnings(boxes: TensorLike, box_format: str, width: float, height: float
         far = (xyxy[:, 2] > 1.1 * width) | (xyxy[:, 3] > 1.1 * height)
         checks.append(
             (
+                "xyxy-as-xywh",
                 fits_as_xyxy & far,
                 "reaches far beyond the image as xywh but fits it as xyxy: are the boxes xyxy? "
                 "(pass box_format='xyxy', or --box-format xyxy)",
             )
         )
-    messages = []
-    for flags, reason in checks:
+    messages = {}
+    for kind, flags, reason in checks:
         if bool(flags.any()):
             i = int(flags.nonzero()[0, 0])
             count = int(flags.sum())
             others = f" ({count} such boxes)" if count > 1 else ""
-            messages.append(f"{name}[{i}] = {tensor[i].tolist()} ({box_format}) {reason}{others}")
+            messages[kind] = f"{name}[{i}] = {tensor[i].tolist()} ({box_format}) {reason}{others}"
     return messages
 
 

@@ -20,8 +20,11 @@ __all__ = [
     "HelpFormatter",
     "add_alias",
     "build_command_parser",
+    "DTYPES",
     "build_parser",
     "dash_spellings",
+    "dataset_name_or_index",
+    "dtype_name",
     "main",
     "version",
 ]
@@ -68,6 +71,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         return f"{text} (default: {shown})"
+
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+def dtype_name(text: str) -> str:
+    """An argparse ``type`` for ``--dtype``: one of :data:`DTYPES`; torch's names (float32, bfloat16, float16) are
+    accepted for them."""
+    lowered = text.strip().lower()
+    return _DTYPE_ALIASES.get(lowered, lowered)
+
+
+def dataset_name_or_index(text: str) -> str | int:
+    """An argparse ``type`` for ``--dataset``: a head's name, or its index (``3``) as the Python API takes it."""
+    stripped = text.strip()
+    return int(stripped) if stripped.isdigit() else stripped
 
 
 def version() -> str:

@@ -8,10 +8,11 @@ waiting through huggingface_hub's download retries. Offline mode is huggingface_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ import torch
 __all__ = [
     "HubUnreachableError",
     "NoSuchPathError",
+    "check_device",
     "check_local_path",
     "choose_dtype",
     "cpu_has_native_bf16",
@@ -27,6 +29,7 @@ __all__ = [
     "hub_reachable",
     "looks_like_local_path",
     "offline_mode",
+    "progress_bars",
     "resolve_dtype",
     "unreachable_error",
 ]
@@ -232,6 +235,51 @@ def hub_load(
         if isinstance(exc, HubUnreachableError) or not _no_connection(exc):
             raise
         raise HubUnreachableError(_unreachable_message(name, what, flag)) from exc
+
+
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """ValueError with the cause and the fix when ``name`` asks for CUDA or MPS that this torch cannot use."""
+    if name is None or str(name) in ("auto", "cpu"):
+        return
+    text = str(name).lower()
+    if text.startswith("cuda") or text.isdigit():
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"{flag} {name}: this torch build ({torch.__version__}) has no CUDA support; use {flag} cpu, or "
+                "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        index = int(text.split(":", 1)[1]) if ":" in text else int(text) if text.isdigit() else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif text.startswith("mps"):
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{flag} {name}: MPS (Apple GPU) is not available in this torch build or machine")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """With ``enabled=False``, silence the progress bars of transformers (weight loading) and huggingface_hub
+    (downloads) for the duration, then restore their previous state."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    transformers_on = hf_logging.is_progress_bar_enabled()
+    hub_off = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            enable_progress_bars()
 
 
 def hub_file(source: str, filename: str) -> str | None:

@@ -211,9 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("batch and schedule")
     o.add_argument("--per-device-train-batch-size", type=int, default=64, help="training crops per device and step")
     o.add_argument("--per-device-eval-batch-size", type=int, default=32, help="evaluation crops per device and batch")
-    o.add_argument(
-        "--gradient-accumulation-steps", type=int, default=1, help="batches summed into one optimizer step"
-    )
+    o.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches summed into one optimizer step")
     o.add_argument(
         "--gradient-checkpointing",
         action="store_true",
