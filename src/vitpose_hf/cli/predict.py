@@ -586,6 +586,7 @@ def _predict(args: argparse.Namespace) -> int:
     missing = 0
     people_count = 0
     unreadable: list[str] = []
+    first_error = ""
     counts = BoxCounts()
     out_path = Path(out_dir) if out_dir is not None else None
     with tqdm(total=total, unit="img", desc="vitpose-hf", disable=args.no_progress, file=sys.stderr) as progress:
@@ -599,6 +600,7 @@ def _predict(args: argparse.Namespace) -> int:
                         if args.strict:
                             raise
                         unreadable.append(str(job.source))
+                        first_error = first_error or str(exc)
                         print(f"warning: skipping an unreadable image: {exc}", file=sys.stderr)
                         progress.update(1)
                         continue
@@ -665,6 +667,8 @@ def _predict(args: argparse.Namespace) -> int:
     if unreadable:
         summary += f", {len(unreadable)} unreadable image(s) skipped"
     print(summary + ("; " + ", ".join(where) if where else ""), file=sys.stderr if args.json == "-" else sys.stdout)
+    if unreadable and not records:
+        raise InputError(f"no image could be read ({first_error})")
     if unreadable:
         print(
             f"vitpose-hf predict: {len(unreadable)} image(s) could not be read: {', '.join(unreadable)}",

@@ -184,6 +184,7 @@ def _unreachable_message(name: str, what: str, flag: str) -> str:
     from huggingface_hub import constants
 
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    folder = "dataset" if what == "dataset" else "checkpoint"
     if what == "dataset":
         local = (
             "A dataset folder is one written by `vitpose-hf convert-dataset` (or `save_to_disk`), or a folder of "
@@ -197,8 +198,8 @@ def _unreachable_message(name: str, what: str, flag: str) -> str:
         )
     return (
         f"cannot load the {what} {name!r}: the Hugging Face Hub ({endpoint}) cannot be reached (no network, or "
-        f"offline mode is on) and {name!r} is not in the local cache. Pass a local folder instead: "
-        f"`{flag} /path/to/folder` on the command line, or the folder path in Python. {local}"
+        f"offline mode is on) and {name!r} is not in the local cache. Pass a local {folder} folder instead: "
+        f"`{flag} /path/to/{folder}` on the command line, or the folder path in Python. {local}"
     )
 
 
