@@ -523,8 +523,18 @@ class DataSpec:
 
 
 def load_data_specs(args: argparse.Namespace) -> list[DataSpec]:
+    from vitpose_hf.inference.hub import check_local_path, hub_reachable, unreachable_error
+
     specs = []
     for n, name in enumerate(args.dataset_name):
+        check_local_path(name, "dataset", "--dataset-name")
+        if not os.path.isdir(name) and not hub_reachable():
+            try:  # a cached Hub dataset still loads offline
+                cached = load_image_split(name, args.train_split, streaming=False, cache_dir=args.cache_dir)
+            except OSError:
+                cached = None
+            if cached is None:
+                raise unreachable_error(name, "dataset", "--dataset-name")
         if args.dataset_layout:
             layout = read_layout(args.dataset_layout[n])
             own = find_layout(name) if os.path.isdir(name) else None  # a Hub look-up would cost a round trip
