@@ -282,3 +282,38 @@ def test_train_refuses_a_layout_that_contradicts_the_datasets_own(figures, tmp_p
     assert "--dataset-layout 'coco' (coco, 17 keypoints) differs from the layout stored with" in line
     assert "(synthetic_figure, 9 keypoints)" in line or "9 keypoints" in line
     assert "--force-layout" in line
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Long work shows progress
+# ----------------------------------------------------------------------------------------------------------------
+def train_in_process(*argv: str) -> int:
+    """`vitpose-hf train` in this process (Accelerate keeps global state between runs: reset it)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return run_cli("train", *argv)
+
+
+def test_train_shows_a_progress_bar_and_gradient_checkpointing_keeps_the_losses(figures, tmp_path, capsys):
+    tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,patch_size=8,deconv_channels=32"
+    common = ["--model-size", "s", "--config-overrides", tiny, "--image-size", "64", "48", "--dataset-name"]
+    common += [str(figures), "--max-train-steps", "3", "--dataloader-num-workers", "0", "--logging-steps", "1"]
+    common += ["--per-device-train-batch-size", "4", "--drop-path-rate", "0", "--seed", "1"]
+    assert train_in_process(*common, "--output-dir", str(tmp_path / "plain")) == 0
+    err = capsys.readouterr().err
+    assert "train:" in err and "3/3" in err and ("step/s" in err or "s/step" in err)  # tqdm: count, rate, ETA
+    assert train_in_process(*common, "--output-dir", str(tmp_path / "ckpt"), "--gradient-checkpointing") == 0
+    capsys.readouterr()
+    assert train_in_process(*common, "--output-dir", str(tmp_path / "quiet"), "--no-progress") == 0
+    assert "%|" not in capsys.readouterr().err  # no bar at all: neither ours nor transformers' shard writing
+
+    def losses(name: str) -> list[float]:
+        lines = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+    plain, checkpointed = losses("plain"), losses("ckpt")
+    assert len(plain) == 3
+    # recomputing the activations in the backward pass changes memory, not the numbers
+    assert plain == pytest.approx(checkpointed, rel=1e-4, abs=1e-7)

@@ -172,6 +172,13 @@ def _check_token_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Distil; returns 0. Raises ValueError for bad options, data or a teacher that does not fit."""
+    from vitpose_hf.inference.hub import progress_bars
+
+    with progress_bars(not getattr(args, "no_progress", False)):
+        return _distill(args)
+
+
+def _distill(args: argparse.Namespace) -> int:
     from vitpose_hf_cli import CommandError
 
     try:

@@ -1410,20 +1410,23 @@ def finish(state: TrainState) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train; returns 0. Raises :class:`vitpose_hf_cli.CommandError` (a ValueError) for bad options or data."""
-    try:
-        state = setup(args)
-    except CommandError:
-        raise
-    except ValueError as exc:  # bad options or data, found before any training: one line on the command line
-        raise CommandError(str(exc)) from exc
-    resume(state)
-    state.model.train()
-    with progress_bar(state):
-        for epoch in range(state.start_epoch, state.num_epochs):
-            if state.step >= state.max_steps:
-                break
-            train_epoch(state, epoch)
-    return finish(state)
+    from vitpose_hf.inference.hub import progress_bars
+
+    with progress_bars(not getattr(args, "no_progress", False)):
+        try:
+            state = setup(args)
+        except CommandError:
+            raise
+        except ValueError as exc:  # bad options or data, found before any training: one line on the command line
+            raise CommandError(str(exc)) from exc
+        resume(state)
+        state.model.train()
+        with progress_bar(state):
+            for epoch in range(state.start_epoch, state.num_epochs):
+                if state.step >= state.max_steps:
+                    break
+                train_epoch(state, epoch)
+        return finish(state)
 
 
 @contextlib.contextmanager
