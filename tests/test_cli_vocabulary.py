@@ -275,6 +275,18 @@ def test_device_cuda_on_a_cpu_only_torch(model_dir, tmp_path, capsys, monkeypatc
     assert "--device cuda: this torch build" in line and "has no CUDA support; use --device cpu" in line
 
 
+def test_export_and_pretrain_mae_errors_are_one_line(model_dir, tmp_path, capsys):
+    assert run_cli("export", "--model", model_dir) == 2
+    assert "--model MODEL --output FILE" in one_error_line(capsys, "export")
+    out = tmp_path / "m.onnx"
+    out.write_text("already here")
+    assert run_cli("export", "--model", model_dir, "--output", str(out), "--dtype", "float32") == 2
+    assert "overwrite" in one_error_line(capsys, "export")
+    argv = ["pretrain-mae", "--hidden-size", "32", "--dataset-name", "x", "--output-dir", str(tmp_path / "mae")]
+    assert run_cli(*argv) == 2
+    assert "give --model-size, or all of --hidden-size" in one_error_line(capsys, "pretrain-mae")
+
+
 def test_train_refuses_a_layout_that_contradicts_the_datasets_own(figures, tmp_path, capsys):
     argv = ["train", "--model-size", "s", "--dataset-name", str(figures), "--output-dir", str(tmp_path / "o")]
     assert run_cli(*argv, "--dataset-layout", "coco") == 2
