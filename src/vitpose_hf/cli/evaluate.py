@@ -155,6 +155,8 @@ def _check_image_files(items: list[_Item], args: argparse.Namespace) -> None:
 def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
     import datasets
 
+    if not os.path.isdir(args.hub_dataset):
+        raise ValueError(f"--hub-dataset folder not found: {args.hub_dataset!r} (a folder written by save_to_disk)")
     loaded = datasets.load_from_disk(args.hub_dataset)
     if isinstance(loaded, datasets.DatasetDict):
         if args.split:
