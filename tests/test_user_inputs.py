@@ -290,3 +290,15 @@ def test_tests_that_need_the_photos_skip_with_one_line_without_them(tmp_path):
     assert "1 skipped" in done.stdout
     assert f"needs the shared test data: {tmp_path / 'no-data-here'} does not exist" in done.stdout
     assert "VITPOSE_HF_SHARED_DATA" in done.stdout
+
+
+def test_benchmark_rows_come_one_by_one_as_measured():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_processor", REPO / "benchmarks" / "bench_processor.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run_cases(1)
+    name, ours, theirs = next(rows)  # the first row is there before the others are measured
+    assert name.startswith("preprocess") and ours > 0 and theirs > 0
+    assert [row[0] for row in rows] == ["post-process 10 people (17x64x48)", "post-process 100 people (17x64x48)"]

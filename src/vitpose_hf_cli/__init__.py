@@ -11,8 +11,10 @@ Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
 __all__ = [
     "COMMANDS",
@@ -26,6 +28,7 @@ __all__ = [
     "dataset_name_or_index",
     "dtype_name",
     "main",
+    "user_errors",
     "version",
 ]
 
@@ -51,6 +54,22 @@ class CommandError(ValueError):
     """
 
     cli_exit_code = EXIT_USAGE
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Turn the ``kinds`` of exception (default: ValueError) raised inside into :class:`CommandError`: bad options
+    or data, found before the real work starts, end the command with one line instead of a traceback. Exceptions
+    that carry their own ``cli_exit_code`` pass through unchanged."""
+    caught = kinds or (ValueError,)
+    try:
+        yield
+    except CommandError:
+        raise
+    except caught as exc:
+        if getattr(exc, "cli_exit_code", None) is not None:
+            raise
+        raise CommandError(str(exc).strip("'\"")) from exc
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

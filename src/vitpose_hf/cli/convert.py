@@ -30,7 +30,7 @@ from vitpose_hf.conversion import (
     read_config_dict,
 )
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
-from vitpose_hf_cli import CommandError, dataset_name_or_index
+from vitpose_hf_cli import CommandError, dataset_name_or_index, user_errors
 
 PRESET_ARCH_KEYS = (
     "hidden_size",
@@ -221,7 +221,7 @@ def _source_and_output(args: argparse.Namespace) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Run `vitpose-hf convert`; bad inputs raise :class:`vitpose_hf_cli.CommandError` (one line, status 2)."""
     src, dst = _source_and_output(args)
-    try:
+    with user_errors(ValueError, FileNotFoundError):
         summary = convert(
             src,
             dst,
@@ -231,10 +231,6 @@ def run(args: argparse.Namespace) -> int:
             datasets=args.datasets,
             num_attention_heads=args.num_attention_heads,
         )
-    except (ValueError, FileNotFoundError) as exc:
-        if getattr(exc, "cli_exit_code", None) is not None:
-            raise
-        raise CommandError(str(exc).strip("'\"")) from exc
     print(summary)
     return 0
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitpose_hf_cli import DTYPES, CommandError, add_alias, dataset_name_or_index, dtype_name
+from vitpose_hf_cli import DTYPES, CommandError, add_alias, dataset_name_or_index, dtype_name, user_errors
 
 __all__ = ["add_arguments", "run"]
 
@@ -424,13 +424,8 @@ def run(args: argparse.Namespace) -> int:
     """
     from vitpose_hf.inference.hub import progress_bars
 
-    try:
-        with progress_bars(not args.no_progress):
-            return _evaluate(args)
-    except CommandError:
-        raise
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+    with user_errors(), progress_bars(not args.no_progress):
+        return _evaluate(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vitpose_hf.inference.export import EXPORT_FORMATS
-from vitpose_hf_cli import DTYPES, CommandError, dataset_name_or_index, dtype_name
+from vitpose_hf_cli import DTYPES, CommandError, dataset_name_or_index, dtype_name, user_errors
 
 __all__ = ["add_arguments", "run"]
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or (paths.pop(0) if paths else None)
     if paths or not model or not out:
         raise CommandError("give the checkpoint and the output file: --model MODEL --output FILE (or MODEL FILE)")
-    try:
+    with user_errors(ValueError, FileExistsError, FileNotFoundError):
         path = export(
             model,
             out,
@@ -54,9 +54,5 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             all_datasets=args.all_datasets,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        if getattr(exc, "cli_exit_code", None) is not None:
-            raise
-        raise CommandError(str(exc)) from exc
     print(f"wrote {path}")
     return 0

@@ -179,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from vitpose_hf_cli import CommandError
+    from vitpose_hf_cli import user_errors
 
-    try:
+    with user_errors():  # bad options or data, before any training: one line on the command line
         _check_token_args(args)
         prepare = None
         if args.token_stage == 1:
@@ -189,10 +189,6 @@ def _distill(args: argparse.Namespace) -> int:
         elif args.token_stage == 2:
             prepare = student_with_token(load_knowledge_token(args.token_from, args.cache_dir))
         state = train_module.setup(args, prepare)
-    except CommandError:
-        raise
-    except ValueError as exc:  # bad options or data, before any training: one line on the command line
-        raise CommandError(str(exc)) from exc
     if args.token_stage:
         state.hyper["knowledge token"] = "stage 1 (teacher frozen)" if args.token_stage == 1 else args.token_from
     if args.teacher and args.token_stage != 1:

@@ -221,18 +221,14 @@ def run(args: argparse.Namespace) -> int:
     """Pre-train and write ``output_dir`` (a `ViTMAEForPreTraining` folder); returns 0."""
     from transformers import ViTMAEForPreTraining
 
-    from vitpose_hf_cli import CommandError
+    from vitpose_hf_cli import user_errors
 
-    try:  # bad options or data, before any training: one line on the command line
+    with user_errors():  # bad options or data, before any training: one line on the command line
         config = build_mae_config(args)
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
         dataset, sampler = build_crop_dataset(args)
-    except CommandError:
-        raise
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
     if len(sampler) == 0:
         raise ValueError("no person instances to pre-train on")
     loader = torch.utils.data.DataLoader(

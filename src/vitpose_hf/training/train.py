@@ -61,7 +61,7 @@ from vitpose_hf.geometry import PIXEL_STD
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import KEYPOINT_DATASETS
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
-from vitpose_hf_cli import CommandError, add_alias, build_command_parser, dash_spellings
+from vitpose_hf_cli import add_alias, build_command_parser, dash_spellings, user_errors
 
 __all__ = [
     "HUB_IGNORE_PATTERNS",
@@ -1413,12 +1413,8 @@ def run(args: argparse.Namespace) -> int:
     from vitpose_hf.inference.hub import progress_bars
 
     with progress_bars(not getattr(args, "no_progress", False)):
-        try:
+        with user_errors():  # bad options or data, found before any training: one line on the command line
             state = setup(args)
-        except CommandError:
-            raise
-        except ValueError as exc:  # bad options or data, found before any training: one line on the command line
-            raise CommandError(str(exc)) from exc
         resume(state)
         state.model.train()
         with progress_bar(state):
