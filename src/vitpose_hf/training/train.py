@@ -1074,7 +1074,9 @@ def setup(
     layouts = unique_layouts(specs)
     model = build_model(args, layouts)
     if getattr(args, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns); 4.x has only the old one
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     if prepare_model is not None:
         prepare_model(model)
     config = model.config
