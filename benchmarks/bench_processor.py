@@ -17,7 +17,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,17 +61,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to run")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} torch thread(s)")
-        print(f"{'case':<40} {'vitpose_hf':>12} {'transformers':>13} {'speed-up':>9}")
-        for name, mine, ref in run_cases(args.repeats):
-            print(f"{name:<40} {mine:>9.2f} ms {ref:>10.2f} ms {ref / mine:>8.1f}x")
+        print(f"{'case':<40} {'vitpose_hf':>12} {'transformers':>13} {'speed-up':>9}", flush=True)
+        for name, mine, ref in run_cases(args.repeats):  # each row as soon as it is measured
+            print(f"{name:<40} {mine:>9.2f} ms {ref:>10.2f} ms {ref / mine:>8.1f}x", flush=True)
 
 
-def run_cases(repeats: int) -> list[tuple[str, float, float]]:
-    """(case, our median ms, transformers' median ms) for the three cases."""
+def run_cases(repeats: int) -> Iterator[tuple[str, float, float]]:
+    """(case, our median ms, transformers' median ms) for the three cases, yielded one by one as measured."""
     rng = np.random.default_rng(0)
 
     ours = ViTPoseImageProcessor()
@@ -79,10 +79,9 @@ def run_cases(repeats: int) -> list[tuple[str, float, float]]:
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     boxes = make_boxes(10, rng)
 
-    rows = []
     ours_ms = median_ms(lambda: ours(image, boxes), repeats)
     theirs_ms = median_ms(lambda: theirs(image, boxes=[boxes], return_tensors="pt"), repeats)
-    rows.append(("preprocess 1 image 640x480, 10 boxes", ours_ms, theirs_ms))
+    yield ("preprocess 1 image 640x480, 10 boxes", ours_ms, theirs_ms)
 
     for people in (10, 100):
         person_boxes = make_boxes(people, rng)
@@ -93,8 +92,7 @@ def run_cases(repeats: int) -> list[tuple[str, float, float]]:
         theirs_ms = median_ms(
             lambda o=outputs, b=person_boxes: theirs.post_process_pose_estimation(o, boxes=[b]), max(5, repeats // 3)
         )
-        rows.append((f"post-process {people} people (17x64x48)", ours_ms, theirs_ms))
-    return rows
+        yield (f"post-process {people} people (17x64x48)", ours_ms, theirs_ms)
 
 
 if __name__ == "__main__":

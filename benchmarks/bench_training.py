@@ -112,19 +112,33 @@ def main() -> None:
     parser.add_argument("--skip-gpu", action="store_true")
     args = parser.parse_args()
 
-    rows = []
+    header = (
+        f"{'model':<10} {'device':<28} {'batch':>5} {'workers':>7} {'samples/s':>10} {'data wait':>9} "
+        f"{'workers needed':>15}"
+    )
+
+    def show(model: str, device: str, batch: int, workers: int, record: dict) -> None:
+        sps = record["samples_per_second"]  # each row as soon as it is measured
+        print(
+            f"{model:<10} {device:<28} {batch:>5} {workers:>7} {sps:>10.1f} {100 * record['data_wait_share']:>8.0f}% "
+            f"{sps * cost:>15.1f}",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_data(Path(tmp) / "data", args.images)
         cost = pipeline_cost(folder, (256, 192))
         print(
             f"data pipeline: {1000 * cost:.1f} ms per sample in one process (JPEG 640x480, official augmentation, "
-            f"256x192 UDP crop, 17 targets)"
+            f"256x192 UDP crop, 17 targets)",
+            flush=True,
         )
+        print(f"\n{header}", flush=True)
         threads = torch.get_num_threads()
         record = run(
             "s", folder, Path(tmp) / "cpu", args.steps, args.batch, args.workers, ["--cpu", "--mixed_precision", "no"]
         )
-        rows.append(("ViTPose-S", "cpu fp32", args.batch, args.workers, record))
+        show("ViTPose-S", "cpu fp32", args.batch, args.workers, record)
         if torch.cuda.is_available() and not args.skip_gpu:
             record = run(
                 "b",
@@ -135,18 +149,7 @@ def main() -> None:
                 args.gpu_workers,
                 ["--mixed_precision", "bf16"],
             )
-            rows.append(("ViTPose-B", f"{torch.cuda.get_device_name()} bf16", args.gpu_batch, args.gpu_workers, record))
-    print()
-    print(
-        f"{'model':<10} {'device':<28} {'batch':>5} {'workers':>7} {'samples/s':>10} {'data wait':>9} "
-        f"{'workers needed':>15}"
-    )
-    for model, device, batch, workers, record in rows:
-        sps = record["samples_per_second"]
-        print(
-            f"{model:<10} {device:<28} {batch:>5} {workers:>7} {sps:>10.1f} {100 * record['data_wait_share']:>8.0f}% "
-            f"{sps * cost:>15.1f}"
-        )
+            show("ViTPose-B", f"{torch.cuda.get_device_name()} bf16", args.gpu_batch, args.gpu_workers, record)
     print(
         f"\n(CPU torch threads in the main process: {threads}; 'workers needed' = samples/s x pipeline cost per sample)"
     )

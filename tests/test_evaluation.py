@@ -861,10 +861,10 @@ def test_eval_script_on_hub_dataset_with_gt_boxes(shared_data, tiny_model_dir, t
     assert saved["num_images"] == 3 and saved["num_boxes"] == len(with_kps)
 
 
-def test_eval_cli_argument_errors(tiny_model_dir, tmp_path):
+def test_eval_cli_argument_errors(tiny_model_dir, tmp_path, capsys):
     from vitpose_hf.cli import main
 
-    with pytest.raises(SystemExit):
-        main(["eval", str(tiny_model_dir), "--output", str(tmp_path / "r.json")])  # no data source
-    with pytest.raises(ValueError, match="not found"):
-        main(["eval", str(tiny_model_dir), "--annotations", str(tmp_path / "missing.json")])
+    assert main(["eval", str(tiny_model_dir), "--output", str(tmp_path / "r.json")]) == 2  # no data source
+    assert "give exactly one data source" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model_dir), "--annotations", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -167,6 +167,10 @@ def test_coco_annotation_file_and_file_name_entries(model_dir, coco_dir, tmp_pat
         == 0
     )
     people = json.loads(result.read_text())["images"][0]["people"]
+    assert [p["box_score"] for p in people] == [0.7, 0.6]  # the user's boxes are never filtered by class
+    one_image = [str(coco_dir / "000000040083.jpg"), "--model", model_dir, "--boxes", str(boxes)]
+    assert predict(*one_image, "--box-category", "1", "--json", str(result)) == 0
+    people = json.loads(result.read_text())["images"][0]["people"]
     assert [p["box_score"] for p in people] == [0.7]  # the dog (category 18) is not a person
 
     mapping = tmp_path / "mapping.json"

@@ -125,9 +125,9 @@ def test_pretrain_mae_command_and_bad_shapes():
         12,
         3072,
     )
-    with pytest.raises(ValueError, match="--model_size, or all of"):
+    with pytest.raises(ValueError, match="--model-size, or all of"):
         pretrain_mae.build_mae_config(parser.parse_args(["--hidden_size", "32", *base]))
     with pytest.raises(ValueError, match="not divisible"):
         pretrain_mae.build_mae_config(parser.parse_args([*TINY, "--num_attention_heads", "3", *base]))
-    with pytest.raises(ValueError, match="not a multiple of --patch_size"):
+    with pytest.raises(ValueError, match="not a multiple of --patch-size"):
         pretrain_mae.build_mae_config(parser.parse_args([*TINY, "--image_size", "72", *base]))

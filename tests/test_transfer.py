@@ -212,7 +212,7 @@ def test_frozen_weights_stay_bit_identical_and_the_others_move(figures, tmp_path
 
 def test_freeze_flags_reject_bad_values():
     model = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY))
-    with pytest.raises(ValueError, match="freeze_blocks must be in 0..2"):
+    with pytest.raises(ValueError, match="freeze-blocks must be in 0..2"):
         train_module.freeze_parameters(model, (), 3)
     with pytest.raises(ValueError, match="unknown --freeze part"):
         train_module.freeze_parameters(model, ("mhsa",), 0)
@@ -387,8 +387,8 @@ def test_knowledge_token_options_and_width_are_checked(tmp_path):
     for extra, message in [
         (["--token_stage", "1"], "give --teacher"),
         (["--token_stage", "1", "--teacher", "t", "--model_size", "s"], "drop the student options"),
-        (["--token_stage", "2", "--model_size", "s"], "needs --token_from"),
-        (["--model_size", "s", "--token_from", "p"], "is for --token_stage 2"),
+        (["--token_stage", "2", "--model_size", "s"], "needs --token-from"),
+        (["--model_size", "s", "--token_from", "p"], "is for --token-stage 2"),
         (["--model_size", "s"], "output distillation needs --teacher"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -32,6 +32,7 @@ __all__ = [
     "as_float_tensor",
     "boxes_per_image",
     "check_box_format",
+    "box_warnings",
     "clip_box_to_image",
     "convert_boxes",
     "detector_box",
@@ -79,10 +80,11 @@ def as_float_tensor(values: TensorLike, name: str, device: torch.device | str | 
 # Formats
 # ----------------------------------------------------------------------------------------------------------------
 def check_box_format(box_format: str) -> str:
-    """Return ``box_format`` if it is ``"xywh"`` or ``"xyxy"``; ValueError otherwise."""
-    if box_format not in BOX_FORMATS:
-        raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
-    return box_format
+    """``box_format`` as ``"xywh"`` or ``"xyxy"`` (any case: ``"XYWH"`` too); ValueError otherwise."""
+    normal = box_format.lower() if isinstance(box_format, str) else box_format
+    if normal not in BOX_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_FORMATS} (any case), got {box_format!r}")
+    return normal
 
 
 def validate_boxes(boxes: TensorLike, box_format: str = "xywh", name: str = "boxes") -> torch.Tensor:
@@ -93,7 +95,7 @@ def validate_boxes(boxes: TensorLike, box_format: str = "xywh", name: str = "box
     accepted, as in the official code: their scale is 0, their keypoints map back to the box centre, and the
     image processor gives them an all-black crop (see :meth:`ViTPoseImageProcessor.preprocess`).
     """
-    check_box_format(box_format)
+    box_format = check_box_format(box_format)
     tensor = as_float_tensor(boxes, name)
     if tensor.numel() == 0 and tensor.ndim <= 2:
         return tensor.reshape(0, 4)
@@ -140,8 +142,7 @@ def convert_boxes(boxes: Any, source: str, target: str) -> Any:
     Tensors stay tensors (same dtype), numpy arrays become float64 arrays, lists (one box or a list of boxes)
     become lists of floats.
     """
-    check_box_format(source)
-    check_box_format(target)
+    source, target = check_box_format(source), check_box_format(target)
     if isinstance(boxes, torch.Tensor):
         if source == target:
             return boxes.clone()
@@ -155,6 +156,59 @@ def convert_boxes(boxes: Any, source: str, target: str) -> Any:
         else:
             array[..., 2:] -= array[..., :2]
     return array if isinstance(boxes, np.ndarray) else array.tolist()
+
+
+def box_warnings(
+    boxes: TensorLike, box_format: str, width: float, height: float, name: str = "boxes"
+) -> dict[str, str]:
+    """Messages for boxes that are almost surely a mistake (not errors: the model still runs on them).
+
+    - a zero-size box (its crop is all black);
+    - a box entirely outside the ``width`` x ``height`` image;
+    - an ``xywh`` box whose reading reaches far (over 10% of the image) beyond the image while its ``xyxy``
+      reading fits: the boxes are probably ``xyxy`` given as ``xywh``.
+    Returns ``{kind: message}`` with kinds ``"zero-size"``, ``"outside"``, ``"xyxy-as-xywh"`` (so that a caller can
+    warn once per kind); each message names the first such box and how many there are.
+    """
+    box_format = check_box_format(box_format)
+    tensor = validate_boxes(boxes, box_format, name).double()
+    if tensor.shape[0] == 0:
+        return {}
+    xyxy = xywh_to_xyxy(tensor) if box_format == "xywh" else tensor
+    size = xyxy[:, 2:] - xyxy[:, :2]
+    checks = [
+        ("zero-size", (size <= 0).any(dim=1), "has zero width or height (its crop is all black)"),
+        (
+            "outside",
+            (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0) | (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height),
+            f"lies entirely outside the {width:g} x {height:g} image",
+        ),
+    ]
+    if box_format == "xywh":
+        fits_as_xyxy = (
+            (tensor[:, 0] < tensor[:, 2])
+            & (tensor[:, 1] < tensor[:, 3])
+            & (tensor[:, 2] <= width)
+            & (tensor[:, 3] <= height)
+            & (tensor[:, :2] >= 0).all(dim=1)
+        )
+        far = (xyxy[:, 2] > 1.1 * width) | (xyxy[:, 3] > 1.1 * height)
+        checks.append(
+            (
+                "xyxy-as-xywh",
+                fits_as_xyxy & far,
+                "reaches far beyond the image as xywh but fits it as xyxy: are the boxes xyxy? "
+                "(pass box_format='xyxy', or --box-format xyxy)",
+            )
+        )
+    messages = {}
+    for kind, flags, reason in checks:
+        if bool(flags.any()):
+            i = int(flags.nonzero()[0, 0])
+            count = int(flags.sum())
+            others = f" ({count} such boxes)" if count > 1 else ""
+            messages[kind] = f"{name}[{i}] = {tensor[i].tolist()} ({box_format}) {reason}{others}"
+    return messages
 
 
 def clip_box_to_image(box: Sequence[float], width: float | None, height: float | None) -> list[float] | None:
@@ -244,7 +298,7 @@ def split_per_image(boxes: Any, num_images: int, single: bool) -> list[Any]:
 
 def boxes_per_image(boxes: Any, num_images: int, single: bool, box_format: str) -> list[torch.Tensor]:
     """Validated ``(M_i, 4)`` float boxes for each image (see :func:`split_per_image` and :func:`validate_boxes`)."""
-    check_box_format(box_format)
+    box_format = check_box_format(box_format)
     per_image = split_per_image(boxes, num_images, single)
     if single:
         return [validate_boxes(per_image[0], box_format, name="boxes")]

@@ -59,8 +59,18 @@ def resample_position_table(table: torch.Tensor, trained: tuple[int, int], grid:
 
 
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an official `.pth`: an mmcv checkpoint dict with `state_dict`, or a bare state dict."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """Read an official `.pth`: an mmcv checkpoint dict with `state_dict`, or a bare state dict.
+
+    Raises FileNotFoundError for a missing file and ValueError for a file that ``torch.load`` cannot read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such checkpoint file: {os.fspath(path)!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle / zip / torch errors (KeyError, UnpicklingError, RuntimeError)
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a checkpoint that torch.load can read (an official ViTPose .pth is a "
+            f"pickled state dict): {type(exc).__name__}: {exc}"
+        ) from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):

@@ -38,6 +38,7 @@ __all__ = [
     "to_pil",
     "to_rgb_array",
     "to_rgb_tensors",
+    "warn_if_unit_range",
 ]
 
 _16BIT_TO_8BIT = 255.0 / 65535.0
@@ -64,7 +65,10 @@ def load_image(source: str | os.PathLike, where: str | None = None, timeout: flo
     if text.startswith(("http://", "https://")):
         from transformers import image_utils  # looked up at call time, so that it can be patched in tests
 
-        return image_utils.load_image(text, timeout=timeout)
+        try:
+            return image_utils.load_image(text, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - requests / httpx connection errors, HTTP errors, bad data
+            raise ValueError(f"{_prefix(where)}cannot fetch the image URL {text!r}: {exc}") from None
     if not os.path.isfile(text):
         raise ValueError(f"{_prefix(where)}no image file at {text!r}")
     try:
@@ -103,6 +107,15 @@ def _numpy_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _pil_to_hwc(image: PIL.Image.Image, where: str) -> np.ndarray:
+    try:
+        return _pil_pixels(image, where)
+    except OSError as exc:  # a lazily opened file whose pixels cannot be read (truncated, corrupt)
+        name = getattr(image, "filename", None)
+        source = f" (from {name!r})" if name else ""
+        raise ValueError(f"{where}: cannot read the pixels of the PIL image{source}: {exc}") from None
+
+
+def _pil_pixels(image: PIL.Image.Image, where: str) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image)
@@ -114,7 +127,7 @@ def _pil_to_hwc(image: PIL.Image.Image, where: str) -> np.ndarray:
         return np.asarray(image)[..., 0]
     try:
         return np.asarray(image.convert("RGB"))
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{where}: cannot convert PIL mode {mode!r} to RGB ({exc})") from None
 
 
@@ -235,12 +248,28 @@ def to_rgb_array(image: Any, where: str = "image") -> np.ndarray:
     return array
 
 
+def warn_if_unit_range(images: list[torch.Tensor], where: str = "images") -> None:
+    """Warn (a UserWarning, shown once per call site) when a float image holds values in 0..1 only, where the
+    0..255 scale is expected: almost surely an image already divided by 255 (it would come out nearly black)."""
+    for i, image in enumerate(images):
+        if image.is_floating_point() and image.numel() and 0 < float(image.amax()) <= 1.0:
+            name = where if len(images) == 1 else f"{where}[{i}]"
+            warnings.warn(
+                f"{name}: a float image with values in 0..1 only, where 0..255 is expected; multiply it by 255 "
+                "(or, for the image processor, pass do_rescale=False)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+
+
 def to_pil(image: Any, where: str = "image") -> PIL.Image.Image:
     """One image -> an 8-bit RGB PIL image (float values rounded and clipped to 0..255). RGB PIL images are returned
-    as they are, not copied."""
+    as they are, not copied. A float image in 0..1 only is converted as 0..255 too, with a warning."""
     if isinstance(image, PIL.Image.Image) and image.mode == "RGB":
         return image
     rgb = _one_rgb_tensor(image, where)
+    warn_if_unit_range([rgb], where)
     if rgb.dtype != torch.uint8:
         rgb = rgb.clamp(0, 255).round().to(torch.uint8)
     return PIL.Image.fromarray(np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()))

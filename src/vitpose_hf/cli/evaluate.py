@@ -5,6 +5,9 @@ Data: a COCO-format keypoint json with its image folder, or a Hub ``datasets`` s
 (K x 3), iscrowd, area}``). Person boxes: the ground-truth boxes, or detections from ``--bbox-file`` (COCO
 results json). Each pose is rescored (box score x mean keypoint score above 0.2), OKS-NMS'ed at 0.9 per image,
 exported as COCO results and scored with :func:`vitpose_hf.evaluation.metrics.coco_keypoint_metrics`.
+
+User errors (a missing file, images that are not in the ``--images`` folder, a ``--boxes`` file that is not a COCO
+results list, an unknown ``--dataset``) are found before the model is loaded and end the command with one line.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run"]
+from vitpose_hf_cli import DTYPES, CommandError, add_alias, dataset_name_or_index, dtype_name, user_errors
 
-_DTYPES = ("float32", "float16", "bfloat16")
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf eval`."""
-    parser.add_argument("model", help="vitpose_hf model folder or Hub id")
+    parser.add_argument("model_path", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)  # the old positional
+    parser.add_argument("--model", help="vitpose_hf or transformers ViTPose checkpoint: folder or Hub id (required)")
     data = parser.add_argument_group("data (one of --annotations or --hub-dataset)")
     data.add_argument("--annotations", help="COCO-format keypoint json (ground truth)")
     data.add_argument("--images", help="image folder for --annotations (default: the json's folder)")
@@ -34,28 +38,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", help="split of a DatasetDict (default: validation, else the only split)")
     data.add_argument("--max-images", type=int, help="evaluate only the first N images (quick checks)")
     boxes = parser.add_argument_group("person boxes")
-    boxes.add_argument(
-        "--bbox-file",
-        help="detections as a COCO results json (image_id, category_id, bbox, score); default: ground-truth boxes",
+    box_file = boxes.add_argument(
+        "--boxes",
+        dest="bbox_file",
+        metavar="FILE.json",
+        help="detections as a COCO results json list (image_id, category_id, bbox, score); "
+        "default: the ground-truth boxes",
     )
-    boxes.add_argument("--det-score-thr", type=float, default=0.0, help="drop detections below this score (0.0)")
+    add_alias(boxes, box_file, "--bbox-file", "--bbox_file")  # the old, mmpose-style names
+    threshold = boxes.add_argument(
+        "--box-threshold",
+        dest="det_score_thr",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="drop --boxes detections scoring below S",
+    )
+    add_alias(boxes, threshold, "--det-score-thr", "--det_score_thr")
     boxes.add_argument(
-        "--det-category", type=int, default=1, help="detection category to keep (1 = person; -1 keeps all)"
+        "--det-category",
+        type=int,
+        default=1,
+        help="COCO category_id of the --boxes detections to keep (1 = person; -1 keeps all); the number "
+        "removed is printed",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--dataset", help="dataset head to evaluate (name); default: the model's first dataset")
+    model.add_argument(
+        "--dataset",
+        type=dataset_name_or_index,
+        metavar="NAME_OR_INDEX",
+        help="dataset head to evaluate, by name or index (default: the model's first dataset)",
+    )
     model.add_argument("--flip-test", action="store_true", help="average with the horizontally flipped crops")
-    model.add_argument("--batch-size", type=int, default=32, help="crops per forward pass (32)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (auto)")
-    model.add_argument("--dtype", choices=_DTYPES, default="float32", help="model precision (float32)")
+    model.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    model.add_argument(
+        "--dtype",
+        type=dtype_name,
+        choices=DTYPES,
+        default="fp32",
+        help="model precision (auto: bf16 on CUDA and on CPUs with native bf16, else fp32; "
+        "float32 / bfloat16 / float16 are accepted too)",
+    )
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--vis-thr", type=float, default=0.2, help="keypoint score threshold for rescoring (0.2)")
-    protocol.add_argument("--oks-thr", type=float, default=0.9, help="OKS-NMS threshold (0.9)")
+    protocol.add_argument("--vis-thr", type=float, default=0.2, help="keypoint score threshold for rescoring")
+    protocol.add_argument("--oks-thr", type=float, default=0.9, help="OKS-NMS threshold")
     protocol.add_argument("--no-nms", action="store_true", help="skip OKS-NMS")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", default="keypoint_results.json", help="COCO results json to write")
-    out.add_argument("--metrics-output", help="metrics json (default: <output stem>_metrics.json)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument(
+        "--output",
+        default="keypoint_results.json",
+        help="COCO results json to write; a relative path is relative to the current folder "
+        "(default: ./keypoint_results.json)",
+    )
+    out.add_argument("--metrics-output", help="metrics json (default: <output stem>_metrics.json beside --output)")
+    out.add_argument("--no-progress", action="store_true", help="hide every progress bar (also the model loading bars)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,6 +107,7 @@ class _Item:
     boxes: list[list[float]] = field(default_factory=list)
     box_scores: list[float] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
+    path: Path | None = None  # the image file (COCO-format data)
 
 
 def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
@@ -92,13 +130,33 @@ def _coco_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]
 
         return load
 
-    items = [_Item(img["id"], loader(img["file_name"])) for img in gt["images"]]
+    items = [_Item(img["id"], loader(img["file_name"]), path=folder / img["file_name"]) for img in gt["images"]]
     return gt, items
+
+
+def _check_image_files(items: list[_Item], args: argparse.Namespace) -> None:
+    """Every annotated image must be in the image folder: checked before the model is loaded."""
+    missing = [item.path for item in items if item.path is not None and not item.path.is_file()]
+    if not missing:
+        return
+    folder = Path(args.images) if args.images else Path(args.annotations).parent
+    how = "--images" if args.images else "the folder of --annotations (pass --images FOLDER)"
+    if len(missing) == len(items):
+        raise CommandError(
+            f"the image folder {str(folder)!r} ({how}) holds none of the {len(items)} annotated images "
+            f"(the first is {missing[0].name!r})"
+        )
+    raise CommandError(
+        f"{len(missing)} of the {len(items)} annotated images are not in the image folder {str(folder)!r} ({how}); "
+        f"the first is {missing[0].name!r}"
+    )
 
 
 def _hub_source(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Item]]:
     import datasets
 
+    if not os.path.isdir(args.hub_dataset):
+        raise ValueError(f"--hub-dataset folder not found: {args.hub_dataset!r} (a folder written by save_to_disk)")
     loaded = datasets.load_from_disk(args.hub_dataset)
     if isinstance(loaded, datasets.DatasetDict):
         if args.split:
@@ -182,20 +240,35 @@ def _gt_boxes(gt: dict[str, Any], items: list[_Item]) -> None:
         item.category_ids.append(int(ann.get("category_id", 1)))
 
 
-def _detection_boxes(path: str, items: list[_Item], score_thr: float, category: int) -> int:
-    """Boxes from a COCO detection results json; returns how many referred to images not evaluated."""
+def _detection_boxes(path: str, items: list[_Item], score_thr: float, category: int) -> tuple[int, int]:
+    """Boxes from a COCO detection results json; returns how many referred to images not evaluated, and how many
+    the category filter removed."""
     if not Path(path).is_file():
-        raise ValueError(f"--bbox-file not found: {path!r}")
-    with open(path, encoding="utf-8") as f:
-        dets = json.load(f)
+        raise ValueError(f"--boxes file not found: {path!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            dets = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--boxes {path!r} is not valid JSON ({exc})") from None
+    if isinstance(dets, dict):
+        kind = (
+            "a COCO annotation file (leave --boxes out to use its ground-truth boxes)"
+            if "annotations" in dets
+            else "a JSON object (the file name -> boxes mapping of `vitpose-hf predict`)"
+        )
+        raise ValueError(
+            f"--boxes {path!r} is {kind}; eval's --boxes takes COCO detection results: a JSON list of "
+            '{"image_id": ..., "category_id": 1, "bbox": [x, y, w, h], "score": ...}'
+        )
     if not isinstance(dets, list):
-        raise ValueError(f"--bbox-file {path!r} must hold a list of detections (COCO results format)")
+        raise ValueError(f"--boxes {path!r} must hold a list of detections (COCO results format)")
     by_id = {item.image_id: item for item in items}
-    skipped = 0
+    skipped = removed = 0
     for n, det in enumerate(dets):
         if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= set(det):
-            raise ValueError(f"--bbox-file entry {n} must have image_id, bbox and score, got {det!r}")
+            raise ValueError(f"--boxes entry {n} must have image_id, bbox and score, got {det!r}")
         if category >= 0 and det.get("category_id", 1) != category:
+            removed += 1
             continue
         if det["score"] < score_thr:
             continue
@@ -205,11 +278,11 @@ def _detection_boxes(path: str, items: list[_Item], score_thr: float, category: 
             continue
         box = [float(v) for v in det["bbox"]]
         if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-            raise ValueError(f"--bbox-file entry {n} has an invalid box {det['bbox']!r} (expected x, y, w, h)")
+            raise ValueError(f"--boxes entry {n} has an invalid box {det['bbox']!r} (expected x, y, w, h)")
         item.boxes.append(box)
         item.box_scores.append(float(det["score"]))
         item.category_ids.append(1 if category < 0 else category)
-    return skipped
+    return skipped, removed
 
 
 def _restrict(gt: dict[str, Any], items: list[_Item], max_images: int | None) -> tuple[dict[str, Any], list[_Item]]:
@@ -249,6 +322,9 @@ def _groups(items: list[_Item], batch_size: int) -> Iterator[list[_Item]]:
 def _device(name: str) -> Any:
     import torch
 
+    from vitpose_hf.inference.hub import check_device
+
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -259,14 +335,13 @@ def _device(name: str) -> Any:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], int, Any, Any]:
-    import torch
-
     from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
+    from vitpose_hf.inference.hub import choose_dtype, hub_load, resolve_dtype
     from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
     device = _device(args.device)
-    dtype = getattr(torch, args.dtype)
-    model = ViTPoseForPoseEstimation.from_pretrained(args.model)
+    dtype = choose_dtype("auto", device) if args.dtype == "auto" else resolve_dtype(args.dtype)
+    model = hub_load(ViTPoseForPoseEstimation.from_pretrained, args.model, "model", "--model")
     model.to(device=device, dtype=dtype).eval()
     config = model.config
     names = config.dataset_names
@@ -275,8 +350,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], int
     else:
         try:
             index = config.dataset_to_index(args.dataset)
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"--dataset {args.dataset!r}: {exc} (this model has {names})") from None
+        except (ValueError, KeyError, IndexError) as exc:
+            message = str(exc).strip("'\"")
+            known = "" if all(name in message for name in names) else f" (this model has {names})"
+            raise ValueError(f"--dataset {args.dataset!r}: {message}{known}") from None
     info = config.datasets[index]
     try:
         processor = ViTPoseImageProcessor.from_pretrained(args.model)
@@ -341,21 +418,45 @@ def _predict(
 # command
 # ---------------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; prints the metrics table, writes the results (and metrics) json. Returns 0."""
+    """Run the evaluation; prints the metrics table, writes the results (and metrics) json. Returns 0.
+
+    Bad options and data raise :class:`vitpose_hf_cli.CommandError` (a ValueError): one line on the command line.
+    """
+    from vitpose_hf.inference.hub import progress_bars
+
+    with user_errors(), progress_bars(not args.no_progress):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from vitpose_hf.evaluation.metrics import coco_keypoint_metrics, format_metrics, top_down_results
 
+    if args.model and args.model_path and args.model != args.model_path:
+        raise CommandError(f"give the model once: --model {args.model!r} or {args.model_path!r}, not both")
+    args.model = args.model or args.model_path
+    if not args.model:
+        raise CommandError("give the model to evaluate: --model FOLDER_OR_HUB_ID")
     if (args.annotations is None) == (args.hub_dataset is None):
-        raise SystemExit("vitpose-hf eval: give exactly one of --annotations or --hub-dataset")
+        raise CommandError(
+            "give exactly one data source: --annotations COCO.json (with --images FOLDER) or --hub-dataset FOLDER"
+        )
     if args.batch_size < 1:
-        raise SystemExit(f"vitpose-hf eval: --batch-size must be positive, got {args.batch_size}")
+        raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
     gt, items = _coco_source(args) if args.annotations else _hub_source(args)
     gt, items = _restrict(gt, items, args.max_images)
+    _check_image_files(items, args)
     if args.bbox_file:
-        skipped = _detection_boxes(args.bbox_file, items, args.det_score_thr, args.det_category)
+        skipped, removed = _detection_boxes(args.bbox_file, items, args.det_score_thr, args.det_category)
         if skipped:
             print(f"note: {skipped} detections refer to images outside the evaluated set; skipped", file=sys.stderr)
+        if removed:
+            print(
+                f"note: --det-category {args.det_category} removed {removed} detection(s) of other categories "
+                "(--det-category -1 keeps all)",
+                file=sys.stderr,
+            )
     else:
         _gt_boxes(gt, items)
     num_boxes = sum(len(item.boxes) for item in items)

@@ -14,9 +14,13 @@ the whole image is one box. ``--boxes`` accepts
   (``image_id`` is matched to file names such as ``000000000785.jpg``; ``file_name`` may be given instead);
 - a COCO annotation file (``images`` + ``annotations``; its non-crowd boxes).
 
-COCO boxes are ``xywh`` by definition; with ``--box-format xyxy`` they are converted and results use ``xyxy``. COCO
-``category_id`` values are kept when they name one of the dataset's detector classes (``person``, or the animals
-for AP-10K / APT-36K). Images missing from the file get no people.
+COCO boxes are ``xywh`` by definition; with ``--box-format xyxy`` they are converted and results use ``xyxy``. Every
+box of the file is used, whatever its COCO ``category_id``; ``--box-category 1`` keeps only those of category 1 (and
+says how many it removed). Images missing from the file get no people.
+
+An unreadable image is skipped with a warning, counted in the summary, and the command exits with status 1 at the
+end (``--strict`` stops at the first one instead). What a folder holds besides its images (sub-folders, videos,
+other files) is listed in a note: folders are not searched recursively.
 
 Outputs: with ``--out DIR`` an annotated PNG per image (``DIR/<name>.png``; folders keep a sub-folder, videos get
 ``DIR/<video>/frame_000123.png`` plus ``frame_000123.json``); with ``--json FILE`` one JSON file for everything
@@ -31,11 +35,12 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitpose_hf.boxes import BOX_FORMATS, convert_boxes, validate_boxes
+from vitpose_hf.boxes import BOX_FORMATS, box_warnings, convert_boxes, validate_boxes
+from vitpose_hf_cli import DTYPES, dataset_name_or_index, dtype_name
 
 __all__ = ["SAMPLE_IMAGE", "BoxTable", "add_arguments", "load_boxes_file", "run"]
 
@@ -71,9 +76,9 @@ class InputError(ValueError):
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `vitpose-hf predict`."""
     from vitpose_hf.inference.pipeline import DEFAULT_MODEL
 
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "Without IMAGE_OR_DIR the bundled sample photo is used (scikit-image's public-domain astronaut)."
     parser.add_argument(
         "inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files, folders of images or frames, video files"
@@ -89,9 +94,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--box-format",
+        type=str.lower,
         choices=BOX_FORMATS,
         default=None,
-        help="format of --boxes mapping boxes and of the output boxes (default: xywh)",
+        help="format of --boxes mapping boxes and of the output boxes, any case (default: xywh)",
+    )
+    parser.add_argument(
+        "--box-category",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="keep only --boxes entries of this COCO category_id (repeatable; default: every box of the file)",
     )
     parser.add_argument(
         "--box-threshold",
@@ -107,7 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="transformers object-detection model (Hub name or folder) used when no boxes are given",
     )
     parser.add_argument(
-        "--dataset", default=None, help="head of a ViTPose++ checkpoint: coco, aic, mpii, ap10k, apt36k, wholebody"
+        "--dataset",
+        type=dataset_name_or_index,
+        default=None,
+        metavar="NAME_OR_INDEX",
+        help="head of a ViTPose++ checkpoint, by name (coco, aic, mpii, ap10k, apt36k, wholebody) or index "
+        "(default: the first head)",
     )
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crops (official flip test)")
     parser.add_argument(
@@ -115,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--json", metavar="FILE", default=None, help="write all results to one JSON file ('-' prints it)"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at the first unreadable image (default: skip it, exit 1 at the end)"
     )
     parser.add_argument(
         "--score-threshold",
@@ -127,15 +148,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: first GPU if any)")
     parser.add_argument(
         "--dtype",
+        type=dtype_name,
         default="auto",
-        choices=("auto", "float32", "bf16", "fp16"),
-        help="precision of the pose model (auto: bf16 on CUDA and on CPUs with avx512_bf16/AMX, else float32)",
+        choices=DTYPES,
+        help="precision of the pose model (auto: bf16 on CUDA and on CPUs with avx512_bf16/AMX, else fp32; "
+        "float32 / bfloat16 / float16 are accepted too)",
     )
     parser.add_argument("--compile", action="store_true", help="run the pose model through torch.compile")
     parser.add_argument(
         "--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame (default 1)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide every progress bar (also the model loading bars)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,6 +302,7 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path, Path]]:
         path = Path(text)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            _note_unread(path, bool(files))
             if not files:
                 videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
                 if not videos:
@@ -301,6 +327,32 @@ def _expand_inputs(inputs: list[str]) -> list[tuple[str, Path, Path]]:
         else:
             raise InputError(f"no such file or folder: {text!r}")
     return items
+
+
+def _note_unread(folder: Path, has_images: bool) -> None:
+    """Say on stderr what a folder holds that is not read: sub-folders, videos (when it has images), other files."""
+    subfolders, videos, others = [], [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            subfolders.append(entry.name + "/")
+        elif entry.suffix.lower() in VIDEO_EXTENSIONS:
+            if has_images:
+                videos.append(entry.name)
+        elif entry.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append(entry.name)
+    parts = []
+    for names, what in (
+        (subfolders, "sub-folder(s), not searched"),
+        (videos, "video(s), read only when given by name or in a folder without images"),
+        (others, "file(s) that are not images"),
+    ):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            parts.append(f"{len(names)} {what} ({shown})")
+    if parts:
+        print(f"note: in the folder {str(folder)!r}, not read: " + "; ".join(parts), file=sys.stderr)
 
 
 def _read_image(path: Path) -> Any:
@@ -378,23 +430,69 @@ def _all_jobs(items: list[tuple[str, Path, Path]], stride: int) -> Iterator[Job]
             yield from _video_frames(path, stem, stride)
 
 
+@dataclass
+class BoxCounts:
+    """What the ``--boxes`` filters removed, for the summary."""
+
+    by_category: int = 0
+    by_score: int = 0
+    warned: set[str] = field(default_factory=set)  # kinds of suspicious boxes already reported
+
+
 def _file_boxes(
-    table: BoxTable, job: Job, box_format: str, keep: set[str], threshold: float | None
+    table: BoxTable,
+    job: Job,
+    box_format: str,
+    categories: set[int] | None,
+    threshold: float | None,
+    counts: BoxCounts,
 ) -> tuple[list[list[float]], list[float | None]]:
     entries = table.lookup(job.source) if job.frame is None else None
     if entries is None:
         return [], []
     boxes, scores = [], []
     for box, score, category in entries:
-        if category is not None and COCO_CATEGORY_NAMES.get(int(category), "").lower() not in keep:
+        if categories is not None and (category is None or int(category) not in categories):
+            counts.by_category += 1
             continue
         if threshold is not None and score is not None and score < threshold:
+            counts.by_score += 1
             continue
         boxes.append(convert_boxes(box, table.box_format, box_format))
         scores.append(score)
     if boxes:
-        validate_boxes(boxes, box_format, name=f"the --boxes of {job.source.name}")  # names the file and the box
+        name = f"the --boxes of {job.source.name}"
+        validate_boxes(boxes, box_format, name=name)  # names the file and the box
+        height, width = _image_hw(job.image)
+        for kind, message in box_warnings(boxes, box_format, width, height, name=name).items():
+            if kind not in counts.warned:  # once per kind and run
+                counts.warned.add(kind)
+                print(f"warning: {message}", file=sys.stderr)
     return boxes, scores
+
+
+def _image_hw(image: Any) -> tuple[int, int]:
+    from vitpose_hf.images import image_size
+
+    return image_size(image)
+
+
+def _category_note(table: BoxTable, categories: set[int] | None) -> None:
+    """With several COCO categories in the file and no --box-category, say that all of them are used."""
+    if categories is not None:
+        return
+    found: dict[int, int] = {}
+    for entries in (*table.by_key.values(), *table.by_id.values()):
+        for _, _, category in entries:
+            if category is not None:
+                found[int(category)] = found.get(int(category), 0) + 1
+    if len(found) > 1:
+        listed = ", ".join(f"{COCO_CATEGORY_NAMES.get(c, f'category {c}')}: {n}" for c, n in sorted(found.items()))
+        print(
+            f"note: --boxes holds several COCO categories ({listed}); all are used. "
+            "Pass --box-category 1 to keep only the people.",
+            file=sys.stderr,
+        )
 
 
 def _write_json(path: str, payload: Any) -> None:
@@ -413,7 +511,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vitpose_hf.inference.drawing import draw
-    from vitpose_hf.inference.hub import choose_dtype
+    from vitpose_hf.inference.hub import check_device, choose_dtype
     from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
 
     inputs = list(args.inputs)
@@ -429,14 +527,27 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError(f"--video-stride must be at least 1, got {args.video_stride}")
     if args.boxes and args.detector:
         raise InputError("pass either --boxes or --detector, not both")
+    if args.box_category and not args.boxes:
+        raise InputError("--box-category filters the --boxes file; without --boxes it does nothing")
+    check_device(args.device)
     items = _expand_inputs(inputs)
     if args.boxes and any(kind == "video" for kind, _, _ in items):
         raise InputError("--boxes applies to image files; for videos use --detector (or the whole frame as one box)")
     out_dir = args.out if args.out is not None else (DEFAULT_OUT if args.json is None else None)
     box_format = args.box_format or "xywh"
     table = load_boxes_file(args.boxes, args.box_format) if args.boxes else None
-    if table is not None and table.box_format != box_format:
-        logger.info("--boxes holds %s boxes: converting them to %s", table.box_format, box_format)
+    categories = set(args.box_category) if args.box_category else None
+    if table is not None:
+        _category_note(table, categories)
+        if table.box_format != box_format:
+            logger.info("--boxes holds %s boxes: converting them to %s", table.box_format, box_format)
+    whole_image = table is None and args.detector is None
+    if whole_image:
+        print(
+            "note: no --boxes and no --detector: each image is one box, the whole image (right for one person per "
+            "image). Pass --boxes FILE.json or --detector MODEL to find several people.",
+            file=sys.stderr,
+        )
 
     total: int | None = 0  # for the progress bar; opening videos first also reports a missing OpenCV early
     for kind, path, _ in items:
@@ -465,30 +576,51 @@ def _predict(args: argparse.Namespace) -> int:
     )
     if args.dtype == "auto":  # bf16 on CUDA and native-bf16 CPUs, else float32 (logged)
         pipe.model.to(choose_dtype("auto", pipe.device))
-    index = model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
+    try:
+        index = model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"--dataset {args.dataset!r}: {exc}") from None
     info = model.config.datasets[index]
-    keep = {label.lower() for label in info.get("detector_labels") or ["person"]}
 
     records: list[dict[str, Any]] = []
     missing = 0
     people_count = 0
+    unreadable: list[str] = []
+    first_error = ""
+    counts = BoxCounts()
     out_path = Path(out_dir) if out_dir is not None else None
     with tqdm(total=total, unit="img", desc="vitpose-hf", disable=args.no_progress, file=sys.stderr) as progress:
         for chunk in _chunks(_all_jobs(items, args.video_stride), IMAGES_PER_CALL):
+            readable = []
             for job in chunk:
                 if job.image is None:
-                    job.image = _read_image(job.source)
+                    try:
+                        job.image = _read_image(job.source)
+                    except InputError as exc:
+                        if args.strict:
+                            raise
+                        unreadable.append(str(job.source))
+                        first_error = first_error or str(exc)
+                        print(f"warning: skipping an unreadable image: {exc}", file=sys.stderr)
+                        progress.update(1)
+                        continue
+                readable.append(job)
+            chunk = readable
+            if not chunk:
+                continue
             call: dict[str, Any] = {}
             if table is not None:
                 boxes, scores = [], []
                 for job in chunk:
-                    b, s = _file_boxes(table, job, box_format, keep, args.box_threshold)
+                    b, sc = _file_boxes(table, job, box_format, categories, args.box_threshold, counts)
                     if job.frame is None and table.lookup(job.source) is None:
                         missing += 1
                     boxes.append(b)
-                    scores.append(s)
+                    scores.append(sc)
                 call["boxes"] = boxes
                 call["box_scores"] = scores
+            elif whole_image:  # the pipeline's own fallback, without its Python-API advice
+                call["boxes"] = [[[0.0, 0.0, *map(float, _size_of(job.image))]] for job in chunk]
             with torch.inference_mode():
                 results = pipe([job.image for job in chunk], **call)
             for job, people in zip(chunk, results):
@@ -516,6 +648,11 @@ def _predict(args: argparse.Namespace) -> int:
                 progress.update(1)
     if missing:
         print(f"warning: {missing} image(s) have no entry in {args.boxes}: no people for them", file=sys.stderr)
+    if counts.by_category:
+        kept = ", ".join(map(str, sorted(categories or ())))
+        print(f"note: --box-category {kept} removed {counts.by_category} box(es) of other categories", file=sys.stderr)
+    if counts.by_score:
+        print(f"note: --box-threshold removed {counts.by_score} box(es) of --boxes", file=sys.stderr)
     if args.json is not None:
         _write_json(
             args.json,
@@ -527,7 +664,17 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json is not None and args.json != "-":
         where.append(f"results in {args.json}")
     summary = f"{len(records)} image(s), {people_count} {'person' if people_count == 1 else 'people'}"
+    if unreadable:
+        summary += f", {len(unreadable)} unreadable image(s) skipped"
     print(summary + ("; " + ", ".join(where) if where else ""), file=sys.stderr if args.json == "-" else sys.stdout)
+    if unreadable and not records:
+        raise InputError(f"no image could be read ({first_error})")
+    if unreadable:
+        print(
+            f"vitpose-hf predict: {len(unreadable)} image(s) could not be read: {', '.join(unreadable)}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -539,15 +686,17 @@ def _size_of(image: Any) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``vitpose-hf predict``; bad inputs and an unreachable Hub print one error line and return non-zero."""
-    from vitpose_hf.inference.hub import HubUnreachableError
+    """Run ``vitpose-hf predict``; bad inputs print one error line and return 2, an unreachable Hub returns 1, and
+    unreadable images (skipped) return 1 at the end."""
+    from vitpose_hf.inference.hub import HubUnreachableError, NoSuchPathError, progress_bars
 
     try:
-        return _predict(args)
+        with progress_bars(not args.no_progress):
+            return _predict(args)
     except HubUnreachableError as exc:
         print(f"vitpose-hf predict: error: {exc}", file=sys.stderr)
         return 1
-    except (InputError, ValueError, TypeError) as exc:
+    except (InputError, ValueError, TypeError, NoSuchPathError) as exc:
         print(f"vitpose-hf predict: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -33,6 +33,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -510,6 +512,21 @@ def load_image_split(name_or_path: str, split: str, streaming: bool = False, cac
             shards = max(1, min(64, ds.num_rows // 64))
             ds = ds.to_iterable_dataset(num_shards=shards)
         return ds
+    from vitpose_hf.inference.hub import check_local_path, hub_reachable, unreachable_error
+
+    check_local_path(name_or_path, "dataset", "--dataset-name")
+    if os.path.isdir(name_or_path) or not hub_reachable():
+        # a folder of data files, or a Hub name that only the cache can serve: no network round trips
+        try:
+            return datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
+        except ValueError as exc:  # "Unknown split"
+            if "split" in str(exc).lower():
+                return None
+            raise
+        except Exception as exc:  # noqa: BLE001 - datasets' many "not cached / no connection" errors
+            if os.path.isdir(name_or_path):
+                raise
+            raise unreachable_error(name_or_path, "dataset", "--dataset-name") from exc
     try:
         return datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
     except ValueError as exc:  # "Unknown split"
@@ -533,38 +550,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", action="append", help="image folder of each --annotations (default: the json's folder)"
     )
     parser.add_argument("--split", action="append", help="split name of each --annotations (default: train)")
-    parser.add_argument("--output", required=True, help="folder for save_to_disk (a DatasetDict)")
+    parser.add_argument(
+        "--output", required=True, help="folder for save_to_disk (a DatasetDict); must not exist, see --overwrite"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output folder (the new dataset is written beside it, then swapped in)",
+    )
     parser.add_argument(
         "--layout",
         help="keypoint layout: built-in name (coco, aic, ap10k, ...) or a layout json; "
         "default: inferred from the json's categories",
     )
-    parser.add_argument("--name", help="name of an inferred custom layout")
-    parser.add_argument("--cache_dir", help="datasets cache folder used while converting")
+    parser.add_argument("--name", help="name of an inferred custom layout (default: from the json's category)")
     parser.add_argument(
-        "--push_to_hub", metavar="REPO_ID", help="also push the dataset (and its layout) to this Hub repo"
+        "--cache-dir", help="datasets cache folder used while converting (default: the Hugging Face cache)"
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="also push the dataset (and its layout) to this Hub repo"
     )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
+def _replace_folder(new: str, target: str) -> None:
+    """Swap the finished folder ``new`` in at ``target``: the old folder (if any) is renamed away first, so that
+    ``target`` never holds a mix of old and new splits, and deleted only when the new one is in place."""
+    old = None
+    if os.path.exists(target):
+        old = f"{target}.old-{os.getpid()}"
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)  # put the old dataset back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run `vitpose-hf convert-dataset`; bad options raise :class:`vitpose_hf_cli.CommandError` (one line)."""
     import datasets
+
+    from vitpose_hf_cli import CommandError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n = len(args.annotations)
     images = args.images or [None] * n
     splits = args.split or (["train"] if n == 1 else [])
     if len(images) != n or len(splits) != n:
-        raise SystemExit(
+        raise CommandError(
             f"give one --images and one --split per --annotations ({n}), got {len(images)} and {len(splits)}"
         )
     if len(set(splits)) != n:
-        raise SystemExit(f"split names must be unique, got {splits}")
+        raise CommandError(f"split names must be unique, got {splits}")
+    output = os.path.normpath(args.output)
+    if os.path.exists(output) and not getattr(args, "overwrite", False):
+        raise CommandError(
+            f"--output {args.output!r} already exists; pass --overwrite to replace it (the whole folder: stale "
+            "splits do not survive), or choose another folder"
+        )
+    for ann in args.annotations:
+        if not os.path.isfile(ann):
+            raise CommandError(f"--annotations {ann!r}: no such file")
     parts, layout = {}, None
     for ann, img, split in zip(args.annotations, images, splits):
-        ds, info, counts = coco_to_dataset(ann, img, args.layout, cache_dir=args.cache_dir, name=args.name)
+        print(f"{split}: reading {ann} and its images ...", file=sys.stderr, flush=True)
+        try:
+            ds, info, counts = coco_to_dataset(ann, img, args.layout, cache_dir=args.cache_dir, name=args.name)
+        except ValueError as exc:
+            raise CommandError(f"{split}: {exc}") from exc
         if layout is not None and info["keypoint_names"] != layout["keypoint_names"]:
-            raise SystemExit(f"split {split!r} has another keypoint layout than the previous splits")
+            raise CommandError(f"split {split!r} has another keypoint layout than the previous splits")
         layout = info
         parts[split] = ds
         print(
@@ -572,8 +631,14 @@ def run(args: argparse.Namespace) -> int:
             f"(dropped: {format_counts({k: v for k, v in counts.items() if k not in ('images', 'annotations')})})"
         )
     dataset = datasets.DatasetDict(parts)
-    dataset.save_to_disk(args.output)
-    write_layout(layout, args.output)
+    staging = f"{output}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        dataset.save_to_disk(staging)
+        write_layout(layout, staging)
+        _replace_folder(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(
         f"saved {', '.join(f'{k}: {v.num_rows} rows' for k, v in dataset.items())} to {args.output} "
         f"(layout {layout['name']!r}, {layout['num_keypoints']} keypoints)"
@@ -593,11 +658,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="coco_to_hub_dataset", description="COCO keypoint json + images -> Hub dataset"
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(None if argv is None else list(argv)))
+    """`scripts/coco_to_hub_dataset.py`: the same as `vitpose-hf convert-dataset`."""
+    from vitpose_hf_cli import main as cli_main
+
+    return cli_main(["convert-dataset", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

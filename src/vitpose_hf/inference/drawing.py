@@ -147,7 +147,7 @@ def draw(
         image: a PIL image, a path, an ``(H, W[, C])`` numpy array or a ``(C, H, W)`` tensor.
         people: the pose pipeline's output for this image (dicts with ``keypoints`` as ``{name, x, y, score}``
             and ``box``), or the image processor's ``post_process_pose_estimation`` output (``keypoints`` ``(K, 2)``,
-            ``scores``, ``bbox``).
+            ``scores``, ``bbox``): its per-image list as well as the one-image nesting ``[[person, ...]]``.
         dataset: keypoint dataset (name or info dict) for skeleton and colours; by default each person's
             ``dataset`` entry, else guessed from the keypoint count.
         score_threshold: keypoints scoring below are not drawn, nor links touching them.
@@ -163,6 +163,13 @@ def draw(
         raise ValueError(f"score_threshold must be a number, got {score_threshold!r}")
     if isinstance(people, dict):
         people = [people]
+    if isinstance(people, (list, tuple)) and people and all(isinstance(p, (list, tuple)) for p in people):
+        # the processor's per-image nesting, [[person, ...]] for one image
+        if len(people) != 1:
+            raise ValueError(
+                f"people holds the results of {len(people)} images; draw one image at a time: draw(image, people[i])"
+            )
+        people = people[0]
     if not isinstance(people, (list, tuple)):
         raise TypeError(f"people must be a list of person dicts (one image's results), got {type(people).__name__}")
     canvas = _as_pil(image)

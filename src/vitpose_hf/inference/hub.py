@@ -8,23 +8,30 @@ waiting through huggingface_hub's download retries. Offline mode is huggingface_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
 __all__ = [
     "HubUnreachableError",
+    "NoSuchPathError",
+    "check_device",
+    "check_local_path",
     "choose_dtype",
     "cpu_has_native_bf16",
     "hub_file",
     "hub_load",
     "hub_reachable",
+    "looks_like_local_path",
     "offline_mode",
+    "progress_bars",
     "resolve_dtype",
+    "unreachable_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,33 @@ _TRUE = ("1", "true", "yes", "on")
 
 class HubUnreachableError(OSError):
     """The Hugging Face Hub cannot be reached and the requested files are not cached."""
+
+    cli_exit_code = 1  # the command line prints the message as one line (not a user error: exit status 1)
+
+
+class NoSuchPathError(FileNotFoundError):
+    """A name that is clearly a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) does not exist."""
+
+    cli_exit_code = 2
+
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """True when ``name`` cannot be a Hub repo id (``name`` or ``owner/name``) and so must be a local path."""
+    text = os.fspath(name)
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    return os.path.splitext(text)[1].lower() in (".pth", ".pt", ".bin", ".safetensors", ".json", ".ckpt")
+
+
+def check_local_path(name: str | os.PathLike, what: str = "model", flag: str = "--model") -> None:
+    """Raise :class:`NoSuchPathError` when ``name`` is a local path (see :func:`looks_like_local_path`) that does
+    not exist, instead of letting it be looked up on the Hub (whose error would blame the network)."""
+    text = os.fspath(name)
+    if looks_like_local_path(text) and not os.path.exists(os.path.expanduser(text)):
+        raise NoSuchPathError(
+            f"{flag} {text!r}: no such file or folder (the {what} is read from this local path; "
+            f"a Hub name has the form 'name' or 'owner/name')"
+        )
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -150,13 +184,28 @@ def _unreachable_message(name: str, what: str, flag: str) -> str:
     from huggingface_hub import constants
 
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    folder = "dataset" if what == "dataset" else "checkpoint"
+    if what == "dataset":
+        local = (
+            "A dataset folder is one written by `vitpose-hf convert-dataset` (or `save_to_disk`), or a folder of "
+            f"parquet files; on a machine with network, get one with `hf download {name} --repo-type dataset "
+            f"--local-dir ./{name.rsplit('/', 1)[-1]}`."
+        )
+    else:
+        local = (
+            "A checkpoint folder holds config.json and model.safetensors, as written by save_pretrained; on a machine "
+            f"with network, get one with `hf download {name} --local-dir ./{name.rsplit('/', 1)[-1]}`."
+        )
     return (
         f"cannot load the {what} {name!r}: the Hugging Face Hub ({endpoint}) cannot be reached (no network, or "
-        f"offline mode is on) and {name!r} is not in the local cache. Pass a local checkpoint folder instead: "
-        f"`{flag} /path/to/checkpoint` on the command line, or the folder path in Python. A checkpoint folder holds "
-        f"config.json and model.safetensors, as written by save_pretrained; on a machine with network, get one with "
-        f"`hf download {name} --local-dir ./{name.rsplit('/', 1)[-1]}`."
+        f"offline mode is on) and {name!r} is not in the local cache. Pass a local {folder} folder instead: "
+        f"`{flag} /path/to/{folder}` on the command line, or the folder path in Python. {local}"
     )
+
+
+def unreachable_error(name: str | os.PathLike, what: str = "model", flag: str = "--model") -> HubUnreachableError:
+    """The :class:`HubUnreachableError` for ``name`` (a ``what`` passed with ``flag`` on the command line)."""
+    return HubUnreachableError(_unreachable_message(os.fspath(name), what, flag))
 
 
 def hub_load(
@@ -168,6 +217,7 @@ def hub_load(
     when a Hub name is neither cached nor downloadable.
     """
     name = os.fspath(name)
+    check_local_path(name, what, flag)
     if os.path.isdir(name) or kwargs.get("local_files_only"):
         return load(name, **kwargs)
     if os.path.isfile(name):
@@ -186,6 +236,51 @@ def hub_load(
         if isinstance(exc, HubUnreachableError) or not _no_connection(exc):
             raise
         raise HubUnreachableError(_unreachable_message(name, what, flag)) from exc
+
+
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """ValueError with the cause and the fix when ``name`` asks for CUDA or MPS that this torch cannot use."""
+    if name is None or str(name) in ("auto", "cpu"):
+        return
+    text = str(name).lower()
+    if text.startswith("cuda") or text.isdigit():
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"{flag} {name}: this torch build ({torch.__version__}) has no CUDA support; use {flag} cpu, or "
+                "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        index = int(text.split(":", 1)[1]) if ":" in text else int(text) if text.isdigit() else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif text.startswith("mps"):
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{flag} {name}: MPS (Apple GPU) is not available in this torch build or machine")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """With ``enabled=False``, silence the progress bars of transformers (weight loading) and huggingface_hub
+    (downloads) for the duration, then restore their previous state."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    transformers_on = hf_logging.is_progress_bar_enabled()
+    hub_off = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            enable_progress_bars()
 
 
 def hub_file(source: str, filename: str) -> str | None:

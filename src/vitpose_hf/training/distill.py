@@ -4,13 +4,13 @@ The training script's run (same options, data, schedule, checkpoints, saving) wi
 ``gt_weight * GT loss + distill_weight * teacher loss``, where the teacher loss is the same visibility-free keypoint
 MSE between the student's heatmaps and the teacher's heatmaps of the same crops at the same resolution. Teacher and
 student may differ in size and may be ViTPose++ models: each student head reads the teacher's head of the same
-dataset name (or ``--teacher_dataset`` for all of them).
+dataset name (or ``--teacher-dataset`` for all of them).
 
-Knowledge-token distillation (the paper's token-based distillation), ``--token_stage``:
+Knowledge-token distillation (the paper's token-based distillation), ``--token-stage``:
 
-* stage 1 (``--token_stage 1 --teacher T``): T, frozen and in eval mode, gets a learnable ``(1, 1, C)`` token
+* stage 1 (``--token-stage 1 --teacher T``): T, frozen and in eval mode, gets a learnable ``(1, 1, C)`` token
   appended to its patch tokens; only the token trains, on the GT pose loss. The output folder is T with the token.
-* stage 2 (``--token_stage 2 --token_from STAGE1``): the student gets a copy of that token, frozen, and trains with
+* stage 2 (``--token-stage 2 --token-from STAGE1``): the student gets a copy of that token, frozen, and trains with
   it (GT loss, plus output distillation when ``--teacher`` is given). Its config records ``knowledge_token``, so
   ``from_pretrained`` restores it and inference uses it. The token must have the student's width: teacher and
   student of different widths are refused (the paper does not say how a token would cross widths).
@@ -28,6 +28,7 @@ import torch
 
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 from vitpose_hf.training import train as train_module
+from vitpose_hf_cli import dash_spellings
 
 __all__ = [
     "add_arguments",
@@ -49,26 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("distillation")
     t.add_argument("--teacher", help="teacher checkpoint (folder or Hub id), kept frozen in eval mode")
     t.add_argument(
-        "--teacher_dataset",
         "--teacher-dataset",
         help="teacher head / expert (name or index) for every sample (default: the head of the same dataset name)",
     )
-    t.add_argument("--distill_weight", "--distill-weight", type=float, default=1.0, help="weight of the teacher loss")
-    t.add_argument("--gt_weight", "--gt-weight", type=float, default=1.0, help="weight of the ground-truth loss")
+    t.add_argument("--distill-weight", type=float, default=1.0, help="weight of the teacher loss")
+    t.add_argument("--gt-weight", type=float, default=1.0, help="weight of the ground-truth loss")
     t.add_argument(
-        "--token_stage",
         "--token-stage",
         type=int,
         choices=(1, 2),
         help="knowledge-token distillation: 1 trains a token on the frozen --teacher; 2 trains the student with the "
-        "frozen token of --token_from",
+        "frozen token of --token-from",
     )
-    t.add_argument("--token_from", "--token-from", help="stage-1 output (folder or Hub id) whose token stage 2 uses")
+    t.add_argument("--token-from", help="stage-1 output (folder or Hub id) whose token stage 2 uses")
+    dash_spellings(parser)  # --output-dir and --output_dir alike
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vitpose-hf distill", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    """The options of `vitpose-hf distill` from ``argv`` (dashed or underscore spellings)."""
+    from vitpose_hf_cli import build_command_parser
+
+    parser, _ = build_command_parser("distill")
     return parser.parse_args(None if argv is None else list(argv))
 
 
@@ -134,7 +136,7 @@ def load_knowledge_token(path: str, cache_dir: str | None = None) -> torch.Tenso
     """The `(1, 1, C)` token of a stage-1 checkpoint; ValueError when it has none."""
     source = ViTPoseForPoseEstimation.from_pretrained(path, cache_dir=cache_dir)
     if source.backbone.knowledge_token is None:
-        raise ValueError(f"{path} has no knowledge token: pass the output folder of --token_stage 1")
+        raise ValueError(f"{path} has no knowledge token: pass the output folder of --token-stage 1")
     return source.backbone.knowledge_token.detach().clone()
 
 
@@ -156,27 +158,37 @@ def student_with_token(token: torch.Tensor) -> Callable[[ViTPoseForPoseEstimatio
 def _check_token_args(args: argparse.Namespace) -> None:
     if args.token_stage == 1:
         if not args.teacher:
-            raise ValueError("--token_stage 1 trains a token on a teacher: give --teacher")
+            raise ValueError("--token-stage 1 trains a token on a teacher: give --teacher")
         if args.token_from or args.model_name_or_path or args.model_size or args.config_name or args.init_from:
-            raise ValueError("--token_stage 1 trains only a token on --teacher: drop the student options")
+            raise ValueError("--token-stage 1 trains only a token on --teacher: drop the student options")
     elif args.token_stage == 2:
         if not args.token_from:
-            raise ValueError("--token_stage 2 needs --token_from (the output folder of --token_stage 1)")
+            raise ValueError("--token-stage 2 needs --token-from (the output folder of --token-stage 1)")
     elif args.token_from:
-        raise ValueError("--token_from is for --token_stage 2")
+        raise ValueError("--token-from is for --token-stage 2")
     elif not args.teacher:
         raise ValueError("output distillation needs --teacher")
 
 
 def run(args: argparse.Namespace) -> int:
     """Distil; returns 0. Raises ValueError for bad options, data or a teacher that does not fit."""
-    _check_token_args(args)
-    prepare = None
-    if args.token_stage == 1:
-        args.model_name_or_path, prepare = args.teacher, token_only
-    elif args.token_stage == 2:
-        prepare = student_with_token(load_knowledge_token(args.token_from, args.cache_dir))
-    state = train_module.setup(args, prepare)
+    from vitpose_hf.inference.hub import progress_bars
+
+    with progress_bars(not getattr(args, "no_progress", False)):
+        return _distill(args)
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from vitpose_hf_cli import user_errors
+
+    with user_errors():  # bad options or data, before any training: one line on the command line
+        _check_token_args(args)
+        prepare = None
+        if args.token_stage == 1:
+            args.model_name_or_path, prepare = args.teacher, token_only
+        elif args.token_stage == 2:
+            prepare = student_with_token(load_knowledge_token(args.token_from, args.cache_dir))
+        state = train_module.setup(args, prepare)
     if args.token_stage:
         state.hyper["knowledge token"] = "stage 1 (teacher frozen)" if args.token_stage == 1 else args.token_from
     if args.teacher and args.token_stage != 1:
@@ -192,10 +204,11 @@ def run(args: argparse.Namespace) -> int:
     train_module.resume(state)
     # stage 1: the teacher stays in eval mode (no drop path, BatchNorm statistics untouched)
     state.model.train(args.token_stage != 1)
-    for epoch in range(state.start_epoch, state.num_epochs):
-        if state.step >= state.max_steps:
-            break
-        train_module.train_epoch(state, epoch)
+    with train_module.progress_bar(state):
+        for epoch in range(state.start_epoch, state.num_epochs):
+            if state.step >= state.max_steps:
+                break
+            train_module.train_epoch(state, epoch)
     return train_module.finish(state)
 
 

@@ -2,13 +2,13 @@
 
 The ViTPose paper's "flexible pre-training" finding: MAE pre-training on the pose datasets alone (COCO + AIC person
 crops) nearly matches ImageNet MAE. This runs transformers' own `ViTMAEForPreTraining` at the width and depth of a
-ViTPose backbone (``--model_size`` or ``--hidden_size`` / ``--num_hidden_layers`` / ``--num_attention_heads``) on
+ViTPose backbone (``--model-size`` or ``--hidden-size`` / ``--num-hidden-layers`` / ``--num-attention-heads``) on
 the person instances of Hub-schema keypoint datasets (`vitpose_hf.data.hub_dataset`), and writes a `save_pretrained`
-folder that `vitpose-hf train --init_from` converts into the backbone (position embedding interpolated to the
+folder that `vitpose-hf train --init-from` converts into the backbone (position embedding interpolated to the
 pose input's token grid; the MAE decoder, class token and final norm are not used).
 
 Crops: the training pipeline's crops (`TopDownTransform`: person box x 1.25, the official flip / scale / rotation
-augmentation unless ``--no_augmentation``, ImageNet mean / std), square (``--image_size``, default 256), because
+augmentation unless ``--no-augmentation``, ImageNet mean / std), square (``--image-size``, default 256), because
 MAE's fixed sin-cos position table and the conversion need a square token grid. Recipe defaults follow MAE: mask
 ratio 0.75, normalised-pixel loss, AdamW betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x batch / 256, linear
 warm-up then cosine decay.
@@ -40,6 +40,7 @@ from vitpose_hf.data.transforms import (
     TopDownSource,
     TopDownTransform,
 )
+from vitpose_hf_cli import dash_spellings
 
 logger = logging.getLogger(__name__)
 
@@ -51,50 +52,55 @@ ARGS_FILE = "pretrain_mae_args.json"
 # ---------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf pretrain-mae`."""
-    m = parser.add_argument_group("encoder shape (--model_size, or the three numbers)")
-    m.add_argument("--model_size", choices=list(PRESET_SIZES), help="width / depth / heads of ViTPose-S/B/L/H")
-    m.add_argument("--hidden_size", type=int)
-    m.add_argument("--num_hidden_layers", type=int)
-    m.add_argument("--num_attention_heads", type=int)
-    m.add_argument("--mlp_ratio", type=float, default=4.0)
-    m.add_argument("--patch_size", type=int, default=16)
-    m.add_argument("--image_size", type=int, default=256, help="side of the square crops (256)")
-    m.add_argument("--mask_ratio", type=float, default=0.75)
-    m.add_argument("--no_norm_pix_loss", action="store_true", help="plain pixel targets (MAE default: normalised)")
-    m.add_argument("--decoder_hidden_size", type=int, default=512)
-    m.add_argument("--decoder_num_hidden_layers", type=int, default=8)
-    m.add_argument("--decoder_num_attention_heads", type=int, default=16)
-    m.add_argument("--decoder_intermediate_size", type=int, default=2048)
+    m = parser.add_argument_group("encoder shape (--model-size, or the three numbers)")
+    m.add_argument("--model-size", choices=list(PRESET_SIZES), help="width / depth / heads of ViTPose-S/B/L/H")
+    m.add_argument("--hidden-size", type=int, help="encoder width (default: from --model-size)")
+    m.add_argument("--num-hidden-layers", type=int, help="encoder depth (default: from --model-size)")
+    m.add_argument("--num-attention-heads", type=int, help="encoder heads (default: from --model-size)")
+    m.add_argument("--mlp-ratio", type=float, default=4.0, help="FFN width / encoder width")
+    m.add_argument("--patch-size", type=int, default=16, help="patch side in pixels")
+    m.add_argument("--image-size", type=int, default=256, help="side of the square crops")
+    m.add_argument("--mask-ratio", type=float, default=0.75, help="share of patches hidden from the encoder")
+    m.add_argument("--no-norm-pix-loss", action="store_true", help="plain pixel targets (MAE default: normalised)")
+    m.add_argument("--decoder-hidden-size", type=int, default=512, help="MAE decoder width")
+    m.add_argument("--decoder-num-hidden-layers", type=int, default=8, help="MAE decoder depth")
+    m.add_argument("--decoder-num-attention-heads", type=int, default=16, help="MAE decoder heads")
+    m.add_argument("--decoder-intermediate-size", type=int, default=2048, help="MAE decoder FFN width")
 
     d = parser.add_argument_group("data")
     d.add_argument(
-        "--dataset_name", action="append", required=True, help="Hub dataset id / save_to_disk / parquet folder"
+        "--dataset-name", action="append", required=True, help="Hub dataset id / save_to_disk / parquet folder"
     )
-    d.add_argument("--dataset_layout", action="append", help="keypoint layout per --dataset_name (for the flip pairs)")
-    d.add_argument("--dataset_ratio", type=float, nargs="+", action="extend", help="sampling share per dataset")
-    d.add_argument("--train_split", default="train")
-    d.add_argument("--max_train_samples", type=int, help="use only the first N images of each dataset")
-    d.add_argument("--no_augmentation", action="store_true", help="plain crops")
-    d.add_argument("--dataloader_num_workers", type=int, default=4)
-    d.add_argument("--cache_dir")
+    d.add_argument("--dataset-layout", action="append", help="keypoint layout per --dataset-name (for the flip pairs)")
+    d.add_argument("--dataset-ratio", type=float, nargs="+", action="extend", help="sampling share per dataset")
+    d.add_argument("--train-split", default="train", help="split to train on")
+    d.add_argument("--max-train-samples", type=int, help="use only the first N images of each dataset")
+    d.add_argument("--no-augmentation", action="store_true", help="plain crops")
+    d.add_argument("--dataloader-num-workers", type=int, default=4, help="data loading worker processes")
+    d.add_argument("--cache-dir", help="datasets / Hub cache folder (default: the Hugging Face cache)")
 
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--per_device_train_batch_size", type=int, default=64)
-    o.add_argument("--learning_rate", type=float, help="default 1.5e-4 x batch / 256 (MAE's base-lr rule)")
-    o.add_argument("--weight_decay", type=float, default=0.05)
-    o.add_argument("--adam_beta1", type=float, default=0.9)
-    o.add_argument("--adam_beta2", type=float, default=0.95)
-    o.add_argument("--num_train_epochs", type=int, default=400)
-    o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    o.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up steps (default: 1/10 of training)")
-    o.add_argument("--mixed_precision", choices=["no", "bf16"], default="no")
+    o.add_argument("--per-device-train-batch-size", type=int, default=64, help="crops per device and step")
+    o.add_argument(
+        "--learning-rate",
+        type=float,
+        help="peak learning rate (default: 1.5e-4 x batch / 256, MAE's base-lr rule)",
+    )
+    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    o.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
+    o.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2")
+    o.add_argument("--num-train-epochs", type=int, default=400, help="epochs to train")
+    o.add_argument("--max-train-steps", type=int, help="optimizer steps to train; overrides --num-train-epochs")
+    o.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 1/10 of training)")
+    o.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="autocast precision")
 
     s = parser.add_argument_group("output")
-    s.add_argument("--output_dir", required=True)
-    s.add_argument("--save_steps", type=int, help="also save_pretrained under step-N/ every N steps")
-    s.add_argument("--logging_steps", type=int, default=50)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output-dir", required=True, help="folder for the MAE model (required)")
+    s.add_argument("--save-steps", type=int, help="also save_pretrained under step-N/ every N steps")
+    s.add_argument("--logging-steps", type=int, default=50, help="log the loss every N steps")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is present")
+    dash_spellings(parser)  # --output-dir and --output_dir alike
 
 
 def encoder_shape(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -107,7 +113,7 @@ def encoder_shape(args: argparse.Namespace) -> tuple[int, int, int]:
                 shape[i] = getattr(args, name)
         return shape[0], shape[1], shape[2]
     if None in (args.hidden_size, args.num_hidden_layers, args.num_attention_heads):
-        raise ValueError("give --model_size, or all of --hidden_size, --num_hidden_layers and --num_attention_heads")
+        raise ValueError("give --model-size, or all of --hidden-size, --num-hidden-layers and --num-attention-heads")
     return args.hidden_size, args.num_hidden_layers, args.num_attention_heads
 
 
@@ -119,11 +125,11 @@ def build_mae_config(args: argparse.Namespace) -> Any:
     if width % heads:
         raise ValueError(f"hidden_size {width} is not divisible by num_attention_heads {heads}")
     if args.image_size % args.patch_size:
-        raise ValueError(f"--image_size {args.image_size} is not a multiple of --patch_size {args.patch_size}")
+        raise ValueError(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
     if args.decoder_hidden_size % args.decoder_num_attention_heads:
-        raise ValueError("--decoder_hidden_size must be divisible by --decoder_num_attention_heads")
+        raise ValueError("--decoder-hidden-size must be divisible by --decoder-num-attention-heads")
     if not 0.0 < args.mask_ratio < 1.0:
-        raise ValueError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
+        raise ValueError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     return ViTMAEConfig(
         hidden_size=width,
         num_hidden_layers=depth,
@@ -153,19 +159,19 @@ def collate_pixels(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def build_crop_dataset(args: argparse.Namespace) -> tuple[TopDownDataset, MixedDatasetSampler]:
-    """The person instances of every ``--dataset_name`` as square crops, and their seeded sampler."""
+    """The person instances of every ``--dataset-name`` as square crops, and their seeded sampler."""
     n = len(args.dataset_name)
     if args.dataset_layout and len(args.dataset_layout) != n:
-        raise ValueError(f"give one --dataset_layout per --dataset_name ({n}), got {len(args.dataset_layout)}")
+        raise ValueError(f"give one --dataset-layout per --dataset-name ({n}), got {len(args.dataset_layout)}")
     if args.dataset_ratio and len(args.dataset_ratio) != n:
-        raise ValueError(f"give one --dataset_ratio per --dataset_name ({n}), got {len(args.dataset_ratio)}")
+        raise ValueError(f"give one --dataset-ratio per --dataset-name ({n}), got {len(args.dataset_ratio)}")
     side = args.image_size
     augment = AugmentConfig(enabled=not args.no_augmentation)
     sources = []
     for i, name in enumerate(args.dataset_name):
         layout = read_layout(args.dataset_layout[i]) if args.dataset_layout else find_layout(name)
         if layout is None:
-            raise ValueError(f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, ... or a json)")
+            raise ValueError(f"no keypoint layout for {name!r}: pass --dataset-layout (coco, aic, ... or a json)")
         images = load_image_split(name, args.train_split, cache_dir=args.cache_dir)
         if images is None:
             raise ValueError(f"{name!r} has no {args.train_split!r} split")
@@ -215,11 +221,14 @@ def run(args: argparse.Namespace) -> int:
     """Pre-train and write ``output_dir`` (a `ViTMAEForPreTraining` folder); returns 0."""
     from transformers import ViTMAEForPreTraining
 
-    config = build_mae_config(args)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    dataset, sampler = build_crop_dataset(args)
+    from vitpose_hf_cli import user_errors
+
+    with user_errors():  # bad options or data, before any training: one line on the command line
+        config = build_mae_config(args)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        dataset, sampler = build_crop_dataset(args)
     if len(sampler) == 0:
         raise ValueError("no person instances to pre-train on")
     loader = torch.utils.data.DataLoader(
@@ -270,14 +279,15 @@ def run(args: argparse.Namespace) -> int:
                     break
             epoch += 1
     save_checkpoint(model, args.output_dir, args, step)
-    logger.info(f"saved the MAE model to {args.output_dir} (use it as --init_from of vitpose-hf train)")
+    logger.info(f"saved the MAE model to {args.output_dir} (use it as --init-from of vitpose-hf train)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="vitpose-hf pretrain-mae", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    from vitpose_hf_cli import build_command_parser
+
+    parser, _ = build_command_parser("pretrain-mae")
     return run(parser.parse_args(None if argv is None else list(argv)))
 
 

@@ -9,15 +9,16 @@ biases and the position embedding), lr 5e-4 (1e-3 for multi-dataset ViTPose++), 
 0.8 / 0.85 for S / B / L / H (0.8 for ViTPose++-H), gradient clipping 1.0, 500 steps of linear warm-up from 0.001 x,
 then x0.1 at epochs 170 and 200 of 210 (the same fractions of any other length), drop path per size.
 
-Several ``--dataset_name`` train one multi-dataset model: each dataset has a keypoint layout (a head; datasets with
+Several ``--dataset-name`` train one multi-dataset model: each dataset has a keypoint layout (a head; datasets with
 the same layout share it) and, by default, its own ViTPose++ expert. Every sample carries its head index, batches
-mix datasets, ``--dataset_ratio`` sets the sampling shares, and after training each head is also exported as a dense
+mix datasets, ``--dataset-ratio`` sets the sampling shares, and after training each head is also exported as a dense
 single-dataset model under ``per_dataset/<name>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from vitpose_hf.geometry import PIXEL_STD
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import KEYPOINT_DATASETS
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
+from vitpose_hf_cli import add_alias, build_command_parser, dash_spellings, user_errors
 
 __all__ = [
     "HUB_IGNORE_PATTERNS",
@@ -78,6 +80,7 @@ __all__ = [
     "maybe_evaluate",
     "parse_args",
     "predict_batch",
+    "progress_bar",
     "resume",
     "run",
     "save",
@@ -91,7 +94,7 @@ logger = logging.getLogger("vitpose_hf.training.train")
 
 SIZES: dict[tuple[int, int], str] = {(p.hidden_size, p.num_hidden_layers): k for k, p in PRESET_SIZES.items()}
 CHECKPOINT_DIR = "checkpoints"
-# what --push_to_hub leaves out of the output folder
+# what --push-to-hub leaves out of the output folder
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gitignore"]
 
 
@@ -100,21 +103,25 @@ HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "*.tmp", "*.tmp/*", "runs/*", ".gi
 # ---------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `vitpose-hf train` (run with ``--help`` for the list)."""
-    m = parser.add_argument_group("model (one of --model_name_or_path, --model_size, --config_name)")
+    m = parser.add_argument_group("model (one of --model, --model-size, --config-name)")
+    model = m.add_argument(
+        "--model",
+        dest="model_name_or_path",
+        metavar="MODEL",
+        help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune",
+    )
+    add_alias(m, model, "--model_name_or_path", "--model-name-or-path")  # the transformers-script spelling
     m.add_argument(
-        "--model_name_or_path", help="vitpose_hf or transformers ViTPose checkpoint (folder or Hub id) to fine-tune"
+        "--model-size", choices=list(PRESET_SIZES), help="build ViTPose-S/B/L/H from scratch (see --init-from)"
     )
     m.add_argument(
-        "--model_size", choices=list(PRESET_SIZES), help="build ViTPose-S/B/L/H from scratch (see --init_from)"
-    )
-    m.add_argument(
-        "--init_from",
+        "--init-from",
         help="transformers ViTMAEModel / ViTModel checkpoint (Hub id or folder), or an MAE "
         ".pth / .safetensors file, converted into the backbone (position embedding interpolated)",
     )
-    m.add_argument("--config_name", help="config.json (or its folder) of the model to build from scratch")
+    m.add_argument("--config-name", help="config.json (or its folder) of the model to build from scratch")
     m.add_argument(
-        "--config_overrides", help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"'
+        "--config-overrides", help='comma-separated config overrides, e.g. "hidden_size=32,num_hidden_layers=2"'
     )
     m.add_argument(
         "--decoder",
@@ -123,7 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="heatmap decoder for new models (minimal: linear per token + pixel shuffle, the paper's ablation)",
     )
     m.add_argument(
-        "--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="input size of new models (256 192)"
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        help="input size of new models (default: 256 192)",
     )
     m.add_argument(
         "--experts",
@@ -131,8 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="ViTPose++ experts: one per keypoint layout (auto: when training several layouts), or none",
     )
-    m.add_argument("--part_features", type=int, help="expert width (default hidden_size / 4)")
-    m.add_argument("--drop_path_rate", type=float, help="stochastic depth (default: per size, or the checkpoint's)")
+    m.add_argument("--part-features", type=int, help="expert width (default: hidden_size / 4)")
+    m.add_argument("--drop-path-rate", type=float, help="stochastic depth (default: per size, or the checkpoint's)")
     m.add_argument(
         "--freeze",
         action="append",
@@ -142,7 +153,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "FFN (fc1, fc2, experts), backbone = the whole encoder (only the heads train)",
     )
     m.add_argument(
-        "--freeze_blocks",
         "--freeze-blocks",
         type=int,
         default=0,
@@ -152,112 +162,143 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = parser.add_argument_group("data")
     d.add_argument(
-        "--dataset_name",
+        "--dataset-name",
         action="append",
         required=True,
         help="Hub dataset id, save_to_disk folder or parquet folder (repeat for multi-dataset training)",
     )
     d.add_argument(
-        "--dataset_layout",
+        "--dataset-layout",
         action="append",
-        help="keypoint layout of each --dataset_name: built-in name (coco, aic, mpii, ap10k, ...) or layout "
-        "json (default: the dataset's keypoint_info.json)",
+        help="keypoint layout of each --dataset-name: built-in name (coco, aic, mpii, ap10k, ...) or layout "
+        "json (default: the dataset's keypoint_info.json; a different one is refused without --force-layout)",
     )
     d.add_argument(
-        "--dataset_ratio",
+        "--force-layout",
+        action="store_true",
+        help="use --dataset-layout even where the dataset's own keypoint_info.json names another layout",
+    )
+    d.add_argument(
+        "--dataset-ratio",
         type=float,
         nargs="+",
         action="extend",
-        help="sampling share of each --dataset_name (default: proportional to size, as the official code)",
+        help="sampling share of each --dataset-name (default: proportional to size, as the official code)",
     )
-    d.add_argument("--train_split", default="train")
-    d.add_argument("--validation_split", default="validation")
+    d.add_argument("--train-split", default="train", help="split to train on")
+    d.add_argument("--validation-split", default="validation", help="split to evaluate on (skipped when missing)")
     d.add_argument(
-        "--train_val_split",
+        "--train-val-split",
         type=float,
         default=0.0,
         help="fraction of training images held out for validation when a dataset has no validation split",
     )
     d.add_argument(
-        "--max_train_samples", type=int, help="use only the first N training images of each dataset (debugging)"
+        "--max-train-samples", type=int, help="use only the first N training images of each dataset (debugging)"
     )
-    d.add_argument("--max_eval_samples", type=int, help="use only the first N validation images of each dataset")
+    d.add_argument("--max-eval-samples", type=int, help="use only the first N validation images of each dataset")
     d.add_argument(
         "--streaming",
         action="store_true",
-        help="stream the training split (datasets.IterableDataset); needs --max_train_steps",
+        help="stream the training split (datasets.IterableDataset); needs --max-train-steps",
     )
-    d.add_argument("--shuffle_buffer_size", type=int, default=1000, help="streaming shuffle buffer (images)")
-    d.add_argument("--no_augmentation", action="store_true", help="plain crops (debugging, overfitting checks)")
-    d.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma of the target heatmaps (2)")
-    d.add_argument("--dataloader_num_workers", type=int, default=4, help="data loading worker processes per process")
-    d.add_argument("--cache_dir", help="datasets / Hub cache folder")
+    d.add_argument("--shuffle-buffer-size", type=int, default=1000, help="streaming shuffle buffer in images")
+    d.add_argument("--no-augmentation", action="store_true", help="plain crops (debugging, overfitting checks)")
+    d.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma of the target heatmaps")
+    d.add_argument("--dataloader-num-workers", type=int, default=4, help="data loading worker processes per process")
+    d.add_argument("--cache-dir", help="datasets / Hub cache folder (default: the Hugging Face cache)")
 
     o = parser.add_argument_group("batch and schedule")
-    o.add_argument("--per_device_train_batch_size", type=int, default=64)
-    o.add_argument("--per_device_eval_batch_size", type=int, default=32)
-    o.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    o.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate config / launch flag")
-    o.add_argument("--num_train_epochs", type=int, default=210)
-    o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    o.add_argument("--learning_rate", type=float, help="default 5e-4, or 1e-3 for multi-dataset ViTPose++")
+    o.add_argument("--per-device-train-batch-size", type=int, default=64, help="training crops per device and step")
+    o.add_argument("--per-device-eval-batch-size", type=int, default=32, help="evaluation crops per device and batch")
+    o.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches summed into one optimizer step")
     o.add_argument(
-        "--layer_decay", type=float, help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)"
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each block's activations in the backward pass: less memory, about 30%% slower",
     )
-    o.add_argument("--weight_decay", type=float, default=0.1)
-    o.add_argument("--adam_beta1", type=float, default=0.9)
-    o.add_argument("--adam_beta2", type=float, default=0.999)
-    o.add_argument("--adam_epsilon", type=float, default=1e-8)
-    o.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    o.add_argument("--warmup_steps", type=int, default=500)
-    o.add_argument("--warmup_ratio", type=float, default=0.001, help="lr factor at step 0 of the warm-up")
     o.add_argument(
-        "--lr_steps",
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        help="default: the accelerate config or launch flag",
+    )
+    o.add_argument("--num-train-epochs", type=int, default=210, help="epochs to train")
+    o.add_argument("--max-train-steps", type=int, help="optimizer steps to train; overrides --num-train-epochs")
+    o.add_argument(
+        "--learning-rate",
+        type=float,
+        help="peak learning rate (default: 5e-4, or 1e-3 for multi-dataset ViTPose++)",
+    )
+    o.add_argument(
+        "--layer-decay", type=float, help="layer-wise lr decay (default per size: S 0.8, B 0.75, L 0.8, H 0.85)"
+    )
+    o.add_argument(
+        "--weight-decay", type=float, default=0.1, help="AdamW weight decay (none on biases, norms, position embedding)"
+    )
+    o.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
+    o.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW beta2")
+    o.add_argument("--adam-epsilon", type=float, default=1e-8, help="AdamW epsilon")
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    o.add_argument("--warmup-steps", type=int, default=500, help="steps of linear lr warm-up")
+    warmup = o.add_argument(
+        "--warmup-start-factor",
+        dest="warmup_ratio",
+        type=float,
+        default=0.001,
+        metavar="F",
+        help="lr factor at step 0 of the warm-up, rising linearly to 1 (mmcv's warmup_ratio; NOT transformers' "
+        "warmup_ratio, which is a fraction of the training steps)",
+    )
+    add_alias(o, warmup, "--warmup_ratio", "--warmup-ratio")  # the old, mmcv-style name
+    o.add_argument(
+        "--lr-steps",
         type=float,
         nargs="+",
-        help="lr x --lr_gamma at these epochs (or steps, see --lr_step_unit); default 170/210 and 200/210 of training",
+        help="lr x --lr-gamma at these epochs (or steps, see --lr-step-unit); default 170/210 and 200/210 of training",
     )
-    o.add_argument("--lr_step_unit", choices=["epoch", "step"], default="epoch")
-    o.add_argument("--lr_gamma", type=float, default=0.1)
+    o.add_argument("--lr-step-unit", choices=["epoch", "step"], default="epoch", help="unit of --lr-steps")
+    o.add_argument("--lr-gamma", type=float, default=0.1, help="lr factor at each of --lr-steps")
 
     s = parser.add_argument_group("saving, evaluation, resuming")
-    s.add_argument("--output_dir", required=True)
-    s.add_argument("--checkpointing_steps", help="save_state every N optimizer steps, or 'epoch'")
-    s.add_argument("--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints")
-    s.add_argument("--resume_from_checkpoint", help="checkpoint folder, or 'latest' (newest under output_dir)")
-    s.add_argument("--eval_steps", type=int, help="evaluate every N steps (default: every 10 epochs and at the end)")
-    s.add_argument("--eval_flip_test", action="store_true", help="average with flipped crops when evaluating")
-    s.add_argument("--logging_steps", type=int, default=50)
-    s.add_argument("--push_to_hub", action="store_true")
-    s.add_argument("--hub_model_id", help="repo id for --push_to_hub (default: the output folder's name)")
-    s.add_argument("--hub_token")
-    s.add_argument("--hub_private_repo", action="store_true")
-    s.add_argument("--report_to", default="none", help="trackers: tensorboard, wandb, all, none")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output-dir", required=True, help="folder for the model, checkpoints and logs (required)")
+    s.add_argument("--checkpointing-steps", help="save_state every N optimizer steps, or 'epoch'")
+    s.add_argument("--checkpoints-total-limit", type=int, help="keep only the newest N checkpoints")
+    s.add_argument("--resume-from-checkpoint", help="checkpoint folder, or 'latest' (the newest under --output-dir)")
+    s.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every 10 epochs and at the end)")
+    s.add_argument("--eval-flip-test", action="store_true", help="average with flipped crops when evaluating")
+    s.add_argument("--logging-steps", type=int, default=50, help="log the loss every N optimizer steps")
+    s.add_argument("--push-to-hub", action="store_true", help="upload the output folder to the Hub at the end")
+    s.add_argument("--hub-model-id", help="repo id for --push-to-hub (default: the output folder's name)")
+    s.add_argument("--hub-token", help="Hub token (default: the logged-in one)")
+    s.add_argument("--hub-private-repo", action="store_true", help="create the Hub repo as private")
+    s.add_argument("--report-to", default="none", help="trackers: tensorboard, wandb, all, none")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--cpu", action="store_true", help="train on the CPU even when an accelerator is present")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (the log lines stay)")
+    dash_spellings(parser)  # --output-dir and --output_dir alike
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vitpose-hf train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    """The options of `vitpose-hf train` from ``argv`` (dashed or underscore spellings)."""
+    parser, _ = build_command_parser("train")
     return parser.parse_args(None if argv is None else list(argv))
 
 
 def _check_args(args: argparse.Namespace) -> None:
     sources = [bool(args.model_name_or_path), bool(args.model_size), bool(args.config_name)]
     if sum(sources) != 1:
-        raise ValueError("give exactly one of --model_name_or_path, --model_size, --config_name")
+        raise ValueError("give exactly one of --model, --model-size, --config-name")
     if args.init_from and args.model_name_or_path:
-        raise ValueError("--init_from initialises a new model (--model_size / --config_name), not --model_name_or_path")
+        raise ValueError("--init-from initialises a new model (--model-size / --config-name), not --model")
     n = len(args.dataset_name)
     if args.dataset_layout and len(args.dataset_layout) != n:
-        raise ValueError(f"give one --dataset_layout per --dataset_name ({n}), got {len(args.dataset_layout)}")
+        raise ValueError(f"give one --dataset-layout per --dataset-name ({n}), got {len(args.dataset_layout)}")
     if args.dataset_ratio and len(args.dataset_ratio) != n:
-        raise ValueError(f"give one --dataset_ratio per --dataset_name ({n}), got {len(args.dataset_ratio)}")
+        raise ValueError(f"give one --dataset-ratio per --dataset-name ({n}), got {len(args.dataset_ratio)}")
     if args.streaming and args.max_train_steps is None:
-        raise ValueError("--streaming needs --max_train_steps (the length of a stream is not known in advance)")
+        raise ValueError("--streaming needs --max-train-steps (the length of a stream is not known in advance)")
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        raise ValueError(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}")
+        raise ValueError(f"--checkpointing-steps must be an integer or 'epoch', got {args.checkpointing_steps!r}")
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:
@@ -277,7 +318,7 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in parts)):
         if "=" not in part:
-            raise ValueError(f"--config_overrides entries are key=value, got {part!r}")
+            raise ValueError(f"--config-overrides entries are key=value, got {part!r}")
         key, value = part.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -367,7 +408,7 @@ def freeze_parameters(model: ViTPoseForPoseEstimation, parts: Sequence[str] = ()
         raise ValueError(f"unknown --freeze part(s) {unknown}; choose from {list(FREEZE_PARTS)}")
     depth = model.config.num_hidden_layers
     if not 0 <= first_blocks <= depth:
-        raise ValueError(f"--freeze_blocks must be in 0..{depth} (the encoder's depth), got {first_blocks}")
+        raise ValueError(f"--freeze-blocks must be in 0..{depth} (the encoder's depth), got {first_blocks}")
     frozen = []
     for name, param in model.named_parameters():
         inner = name.removeprefix("backbone.")
@@ -408,7 +449,9 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
     want_experts = args.experts == "per_dataset" or (args.experts == "auto" and len(layouts) > 1)
     overrides = parse_overrides(args.config_overrides)
     if args.model_name_or_path:
-        model = ViTPoseForPoseEstimation.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
+        from vitpose_hf.inference.hub import hub_load
+
+        model = hub_load(ViTPoseForPoseEstimation.from_pretrained, args.model_name_or_path, cache_dir=args.cache_dir)
         names = model.config.dataset_names
         same_heads = all(
             d["name"] in names
@@ -468,7 +511,7 @@ def build_model(args: argparse.Namespace, layouts: list[dict]) -> ViTPoseForPose
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class DataSpec:
-    """One --dataset_name: its layout, splits and sampling ratio."""
+    """One --dataset-name: its layout, splits and sampling ratio."""
 
     name: str
     layout: dict
@@ -480,15 +523,32 @@ class DataSpec:
 
 
 def load_data_specs(args: argparse.Namespace) -> list[DataSpec]:
+    from vitpose_hf.inference.hub import check_local_path, hub_reachable, unreachable_error
+
     specs = []
     for n, name in enumerate(args.dataset_name):
+        check_local_path(name, "dataset", "--dataset-name")
+        if not os.path.isdir(name) and not hub_reachable():
+            try:  # a cached Hub dataset still loads offline
+                cached = load_image_split(name, args.train_split, streaming=False, cache_dir=args.cache_dir)
+            except OSError:
+                cached = None
+            if cached is None:
+                raise unreachable_error(name, "dataset", "--dataset-name")
         if args.dataset_layout:
             layout = read_layout(args.dataset_layout[n])
+            own = find_layout(name) if os.path.isdir(name) else None  # a Hub look-up would cost a round trip
+            if own is not None and own["keypoint_names"] != layout["keypoint_names"] and not args.force_layout:
+                raise ValueError(
+                    f"--dataset-layout {args.dataset_layout[n]!r} ({layout['name']}, {len(layout['keypoint_names'])} "
+                    f"keypoints) differs from the layout stored with {name!r} ({own['name']}, "
+                    f"{len(own['keypoint_names'])} keypoints); drop --dataset-layout, or pass --force-layout"
+                )
         else:
             layout = find_layout(name)
             if layout is None:
                 raise ValueError(
-                    f"no keypoint layout for {name!r}: pass --dataset_layout (coco, aic, mpii, ap10k, ... or a json)"
+                    f"no keypoint layout for {name!r}: pass --dataset-layout (coco, aic, mpii, ap10k, ... or a json)"
                 )
         train = load_image_split(name, args.train_split, streaming=args.streaming, cache_dir=args.cache_dir)
         if train is None:
@@ -496,7 +556,7 @@ def load_data_specs(args: argparse.Namespace) -> list[DataSpec]:
         validation = load_image_split(name, args.validation_split, streaming=False, cache_dir=args.cache_dir)
         if validation is None and args.train_val_split > 0:
             if args.streaming:
-                raise ValueError("--train_val_split cannot split a streamed dataset; give it a validation split")
+                raise ValueError("--train-val-split cannot split a streamed dataset; give it a validation split")
             parts = train.train_test_split(test_size=args.train_val_split, seed=args.seed)
             train, validation = parts["train"], parts["test"]
         if args.max_train_samples and not args.streaming:
@@ -682,7 +742,7 @@ def summary_metric(results: Mapping[str, Mapping[str, float]]) -> tuple[str, flo
 # Checkpoints and saving
 # ---------------------------------------------------------------------------------------------------------------
 def find_checkpoint(output_dir: str | os.PathLike, which: str = "latest") -> str | None:
-    """The checkpoint folder for ``--resume_from_checkpoint``: ``which`` itself, or the newest complete one."""
+    """The checkpoint folder for ``--resume-from-checkpoint``: ``which`` itself, or the newest complete one."""
     if which != "latest":
         if not os.path.isdir(which):
             raise ValueError(f"checkpoint folder not found: {which!r}")
@@ -718,7 +778,7 @@ def save_checkpoint(accelerator: Any, output_dir: str, step: int, total_limit: i
 
 
 def files_to_push(output_dir: str | os.PathLike) -> list[str]:
-    """The files `--push_to_hub` uploads: the output folder without checkpoints and temporary folders."""
+    """The files `--push-to-hub` uploads: the output folder without checkpoints and temporary folders."""
     from huggingface_hub.utils import filter_repo_objects
 
     root = Path(output_dir)
@@ -969,6 +1029,7 @@ class TrainState:
     last_eval_step: int = -1
     # (state, batch, student outputs) -> loss; None = the model's GT loss (distillation sets its own)
     loss_fn: Any = None
+    bar: Any = None  # the tqdm progress bar of the optimizer steps (main process), set by `run`
 
     @property
     def step(self) -> int:
@@ -1012,6 +1073,10 @@ def setup(
         specs = load_data_specs(args)
     layouts = unique_layouts(specs)
     model = build_model(args, layouts)
+    if getattr(args, "gradient_checkpointing", False):
+        # transformers 5 renamed it (the old name warns); 4.x has only the old one
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     if prepare_model is not None:
         prepare_model(model)
     config = model.config
@@ -1129,7 +1194,7 @@ def setup(
 
 
 def resume(state: TrainState) -> None:
-    """With --resume_from_checkpoint: load the accelerator state and find where in which epoch the run stopped."""
+    """With --resume-from-checkpoint: load the accelerator state and find where in which epoch the run stopped."""
     args, output_dir = state.args, state.output_dir
     if not args.resume_from_checkpoint:
         return
@@ -1210,6 +1275,8 @@ def train_step(state: TrainState, batch: Mapping[str, torch.Tensor], epoch: int)
     state.scheduler.step()
     state.progress.step += 1
     step = state.step
+    if state.bar is not None:
+        state.bar.update(1)
     if step % args.logging_steps == 0 or step == state.max_steps or step == 1:
         _log_progress(state, epoch)
     if state.checkpoint_every and step % state.checkpoint_every == 0:
@@ -1240,7 +1307,7 @@ def train_epoch(state: TrainState, epoch: int) -> None:
 
 
 def maybe_evaluate(state: TrainState, epoch_end: int | None = None) -> None:
-    """Evaluate when due: every --eval_steps optimiser steps, else at the end of every 10th epoch."""
+    """Evaluate when due: every --eval-steps optimiser steps, else at the end of every 10th epoch."""
     args = state.args
     if epoch_end is None:
         due = bool(args.eval_steps) and state.step % args.eval_steps == 0
@@ -1344,15 +1411,36 @@ def finish(state: TrainState) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; returns 0. Raises ValueError for bad options or data."""
-    state = setup(args)
-    resume(state)
-    state.model.train()
-    for epoch in range(state.start_epoch, state.num_epochs):
-        if state.step >= state.max_steps:
-            break
-        train_epoch(state, epoch)
-    return finish(state)
+    """Train; returns 0. Raises :class:`vitpose_hf_cli.CommandError` (a ValueError) for bad options or data."""
+    from vitpose_hf.inference.hub import progress_bars
+
+    with progress_bars(not getattr(args, "no_progress", False)):
+        with user_errors():  # bad options or data, found before any training: one line on the command line
+            state = setup(args)
+        resume(state)
+        state.model.train()
+        with progress_bar(state):
+            for epoch in range(state.start_epoch, state.num_epochs):
+                if state.step >= state.max_steps:
+                    break
+                train_epoch(state, epoch)
+        return finish(state)
+
+
+@contextlib.contextmanager
+def progress_bar(state: TrainState) -> Iterator[None]:
+    """A bar of the optimizer steps with rate and ETA on the main process (not with ``--no-progress``)."""
+    from tqdm.auto import tqdm
+
+    disable = bool(getattr(state.args, "no_progress", False)) or not state.accelerator.is_main_process
+    with tqdm(
+        total=state.max_steps, initial=state.step, unit="step", desc="train", disable=disable, file=sys.stderr
+    ) as bar:
+        state.bar = bar
+        try:
+            yield
+        finally:
+            state.bar = None
 
 
 def _set_name(specs: Sequence[DataSpec], layout_name: str) -> str:
