@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-mae": ("vitpose_hf.training.pretrain_mae", "MAE pre-training on person crops (an --init-from for train)"),
     "convert": ("vitpose_hf.cli.convert", "convert official .pth or transformers checkpoints"),
     "export": ("vitpose_hf.cli.export", "export to ONNX or a torch.export ExportedProgram"),
+    "push": ("vitpose_hf.cli.push", "write Hub-ready release folders (and upload them with --push)"),
+    "annotate": ("vitpose_hf.cli.annotate", "pose-annotate a whole image dataset into Parquet shards (Accelerate)"),
     "convert-dataset": ("vitpose_hf.data.hub_dataset", "turn a COCO keypoint json and images into a Hub dataset"),
 }
 

@@ -61,6 +61,7 @@ from vitpose_hf.geometry import PIXEL_STD
 from vitpose_hf.image_processing_vitpose_hf import ViTPoseImageProcessor
 from vitpose_hf.keypoint_metadata import KEYPOINT_DATASETS
 from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
+from vitpose_hf.release.folder import add_remote_code
 from vitpose_hf_cli import add_alias, build_command_parser, dash_spellings, user_errors
 
 __all__ = [
@@ -825,6 +826,7 @@ def save_model_folder(
 
     model.save_pretrained(folder, safe_serialization=True)
     make_processor(model.config).save_pretrained(folder)
+    add_remote_code(folder)  # the card's trust_remote_code snippet needs the pipeline file and custom_pipelines
     card = build_model_card(
         model.config,
         model_name=model_name,
