@@ -28,7 +28,7 @@ from transformers.processing_utils import ImagesKwargs
 from .boxes import boxes_per_image, check_box_format, to_xywh
 from .codecs import MSRAHeatmap, UDPHeatmap, _check_kernel_size, flip_back
 from .geometry import BOX_PADDING, _center_scale, crop_to_image, image_to_crop, inverse_warp_matrix
-from .images import is_batch, to_rgb_tensors
+from .images import is_batch, to_rgb_tensors, warn_if_unit_range
 from .keypoint_metadata import flip_indices as dataset_flip_indices
 from .keypoint_metadata import get_dataset_info
 
@@ -409,6 +409,8 @@ class ViTPoseImageProcessor(BaseImageProcessor):
                     rgb.extend(to_rgb_tensors(image, f"images[{i}]"))
             else:
                 rgb = to_rgb_tensors(images)
+        if options["do_rescale"]:
+            warn_if_unit_range(rgb)
         if device is None:
             device = next((im.device for im in rgb), torch.device("cpu"))
         device = torch.device(device)

@@ -46,7 +46,7 @@ import torch
 from transformers import Pipeline
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .boxes import boxes_per_image, check_box_format, convert_boxes, detector_box, split_per_image
+from .boxes import box_warnings, boxes_per_image, check_box_format, convert_boxes, detector_box, split_per_image
 from .image_processing_vitpose_hf import ViTPoseImageProcessor, flip_pixel_values
 from .images import image_size, is_batch, load_image, to_pil
 from .modeling_vitpose_hf import ViTPoseEstimatorOutput, ViTPosePreTrainedModel
@@ -568,6 +568,7 @@ class PoseEstimationPipeline(Pipeline):
         if self.detector is not None and not isinstance(detector, (str, os.PathLike)):
             self.detector.to(self.device)
         self._warned_whole_image = False
+        self._warned_box_kinds: set[str] = set()
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save the model and the image processor (not the detector) to a folder that ``pipeline()`` loads.
@@ -677,6 +678,15 @@ class PoseEstimationPipeline(Pipeline):
         index = self.model.config.dataset_to_index(0 if dataset is None else dataset)
         return index, self.model.config.datasets[index]
 
+    def _warn_suspicious_boxes(self, images: list[Any], per_image: list[np.ndarray], box_format: str) -> None:
+        """Log once per kind (zero-size, outside the image, xyxy given as xywh) for the user's boxes."""
+        for i, (image, boxes) in enumerate(zip(images, per_image)):
+            height, width = image_size(image)
+            for kind, message in box_warnings(boxes, box_format, width, height, name=f"boxes[{i}]").items():
+                if kind not in self._warned_box_kinds:
+                    self._warned_box_kinds.add(kind)
+                    logger.warning(message)
+
     def preprocess(
         self,
         inputs: _Images,
@@ -692,6 +702,7 @@ class PoseEstimationPipeline(Pipeline):
         images = [_load_image(image, f"images[{i}]", timeout) for i, image in enumerate(inputs.items)]
         if boxes is not None:
             per_image = _boxes_per_image(boxes, len(images), box_format)
+            self._warn_suspicious_boxes(images, per_image, box_format)
             scores = _scores_per_image(box_scores, per_image)
             labels: list[list[str | None]] = [[None] * len(b) for b in per_image]
         elif box_scores is not None:

@@ -18,7 +18,7 @@ from vitpose_hf.boxes import convert_boxes, detector_box
 from vitpose_hf.images import to_pil
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
-__all__ = ["PALETTES", "draw", "keypoint_groups"]
+__all__ = ["PALETTES", "draw", "keypoint_groups", "person_arrays", "person_box"]
 
 RGB = tuple[int, int, int]
 
@@ -74,7 +74,7 @@ def _as_pil(image: Any) -> PIL.Image.Image:
     return pil.copy() if pil is image else pil
 
 
-def _person_arrays(person: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+def person_arrays(person: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     """``(K, 2)`` points and ``(K,)`` scores from a pipeline person dict or a post-processor result dict."""
     keypoints = person.get("keypoints")
     if keypoints is None:
@@ -101,7 +101,8 @@ def _person_arrays(person: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     return points[:, :2], scores
 
 
-def _person_box(person: dict, box_format: str | None) -> list[float] | None:
+def person_box(person: dict, box_format: str | None) -> list[float] | None:
+    """A person's box as ``xyxy`` (``box`` or ``bbox``, in its own ``box_format`` or the given one), or None."""
     box = person.get("box", person.get("bbox"))
     if box is None:
         return None
@@ -180,13 +181,13 @@ def draw(
     for n, person in enumerate(people):
         if not isinstance(person, dict):
             raise TypeError(f"people[{n}] must be a dict, got {type(person).__name__}")
-        points, scores = _person_arrays(person, f"people[{n}]")
+        points, scores = person_arrays(person, f"people[{n}]")
         info = _resolve_info(person, dataset, len(points))
         palette = PALETTES.get(info["name"], _DEFAULT_PALETTE)
         groups = keypoint_groups(info)
         visible = np.isfinite(points).all(axis=1) & (scores >= score_threshold)
         if draw_boxes:
-            box = _person_box(person, box_format)
+            box = person_box(person, box_format)
             if box is not None:
                 pen.rectangle(box, outline=palette["box"], width=max(1, thickness // 2))
         for a, b in info["skeleton"]:

@@ -33,7 +33,7 @@ import numpy as np
 from vitpose_hf.boxes import convert_boxes
 from vitpose_hf.evaluation.metrics import rescore_poses
 from vitpose_hf.evaluation.metrics import to_coco_results as _coco_entries
-from vitpose_hf.inference.drawing import _person_arrays, _person_box
+from vitpose_hf.inference.drawing import person_arrays, person_box
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
 __all__ = [
@@ -89,7 +89,7 @@ def _person_info(person: Mapping[str, Any], dataset: str | dict | None, k: int, 
 def _arrays(person: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(person, Mapping):
         raise TypeError(f"{where} must be a person dict, got {type(person).__name__}")
-    xy, scores = _person_arrays(dict(person), where)
+    xy, scores = person_arrays(dict(person), where)
     if not (np.isfinite(xy).all() and np.isfinite(scores).all()):
         raise ValueError(f"{where} has NaN or infinite keypoints or scores")
     return xy, scores
@@ -167,7 +167,7 @@ def to_coco_results(
                 "box_score": 1.0 if box_score is None else float(box_score),
             }
             poses.append(pose)
-            box = _person_box(dict(person), None)
+            box = person_box(dict(person), None)
             extra: dict[str, Any] = {}
             if box is not None:
                 extra["bbox"] = [float(v) for v in convert_boxes(box, "xyxy", "xywh")]

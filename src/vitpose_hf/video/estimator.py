@@ -46,7 +46,7 @@ import numpy as np
 from vitpose_hf.boxes import convert_boxes, validate_boxes
 from vitpose_hf.evaluation.metrics import oks_nms
 from vitpose_hf.inference.detection import DEFAULT_DETECTOR_THRESHOLD, load_detector
-from vitpose_hf.inference.drawing import _person_arrays
+from vitpose_hf.inference.drawing import person_arrays
 from vitpose_hf.keypoint_metadata import get_dataset_info
 from vitpose_hf.video.smoothing import SMOOTHERS, OneEuroSmoother, savgol_smooth
 from vitpose_hf.video.sources import Frame, FrameSource, open_source
@@ -225,7 +225,7 @@ class VideoPoseEstimator:
         width, height = frame.size
         boxes, scores, sources = [], [], []
         for n, person in enumerate(previous):
-            xy, point_scores = _person_arrays(person, f"previous people[{n}]")
+            xy, point_scores = person_arrays(person, f"previous people[{n}]")
             box = keypoint_box(
                 xy, point_scores, self.keypoint_threshold, self.box_padding, width, height, self.min_keypoints
             )
@@ -238,7 +238,7 @@ class VideoPoseEstimator:
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), scores, sources
 
     def _confident(self, person: dict) -> bool:
-        _, scores = _person_arrays(person, "person")
+        _, scores = person_arrays(person, "person")
         return int((scores >= self.keypoint_threshold).sum()) >= self.min_keypoints
 
     def _deduplicate(self, people: list[dict]) -> list[dict]:
@@ -248,7 +248,7 @@ class VideoPoseEstimator:
             return people
         poses = []
         for person in people:
-            xy, scores = _person_arrays(person, "person")
+            xy, scores = person_arrays(person, "person")
             if len(xy) != len(sigmas):
                 return people
             x1, y1, x2, y2 = convert_boxes(person["box"], person.get("box_format", "xywh"), "xyxy")
@@ -349,7 +349,7 @@ class VideoPoseEstimator:
             if track_id not in alive:
                 smoother.forget(track_id)
         for person in result.people:
-            xy, scores = _person_arrays(person, "person")
+            xy, scores = person_arrays(person, "person")
             smoothed = smoother.smooth(person["track_id"], xy, scores, result.time)
             for keypoint, (x, y) in zip(person["keypoints"], smoothed):
                 keypoint["x"], keypoint["y"] = float(x), float(y)
@@ -367,7 +367,7 @@ class VideoPoseEstimator:
             values = np.full((last - first + 1, k, 2), np.nan)
             valid = np.zeros((last - first + 1, k), dtype=bool)
             for position, person in entries:
-                xy, scores = _person_arrays(person, "person")
+                xy, scores = person_arrays(person, "person")
                 values[position - first] = xy
                 valid[position - first] = scores >= self.keypoint_threshold
             smoothed, covered = savgol_smooth(values, valid[..., None], **self.smooth_options)
@@ -408,8 +408,8 @@ class VideoPoseEstimator:
         two; ``"interpolated": True``."""
         line = raw[i0] + w * (raw[i1] - raw[i0])
         xy = np.where(covered.all(-1)[:, None], smoothed, line)
-        _, s0 = _person_arrays(before, "person")
-        _, s1 = _person_arrays(after, "person")
+        _, s0 = person_arrays(before, "person")
+        _, s1 = person_arrays(after, "person")
         box_format = before.get("box_format", "xywh")
         b0 = np.asarray(convert_boxes(before["box"], box_format, "xyxy"))
         b1 = np.asarray(convert_boxes(after["box"], after.get("box_format", "xywh"), "xyxy"))

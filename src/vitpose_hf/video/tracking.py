@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitpose_hf.inference.drawing import _person_arrays, _person_box
+from vitpose_hf.inference.drawing import person_arrays, person_box
 from vitpose_hf.keypoint_metadata import get_dataset_info
 
 __all__ = ["TRACK_METRICS", "PoseTracker", "Track", "box_iou", "keypoint_box", "keypoint_oks"]
@@ -182,8 +182,8 @@ class PoseTracker:
         self.tracks = [t for t in self.tracks if frame_index - t.last_frame - 1 <= self.max_age]  # frames missed
         boxes, xy, scores = [], [], []
         for n, person in enumerate(people):
-            points, point_scores = _person_arrays(person, f"people[{n}]")
-            box = _person_box(person, None)
+            points, point_scores = person_arrays(person, f"people[{n}]")
+            box = person_box(person, None)
             if box is None:  # no box: the extent of the confident keypoints (of all, when none is)
                 box = keypoint_box(points, point_scores, self.keypoint_threshold, 1.0, math.inf, math.inf, 1)
                 if box is None:
