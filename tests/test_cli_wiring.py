@@ -26,7 +26,7 @@ from vitpose_hf.images import load_image
 from vitpose_hf.inference.bottom_up import BottomUpPoseEstimator
 from vitpose_hf.modeling_vitpose_hf_bottom_up import ViTPoseForBottomUpPoseEstimation
 from vitpose_hf.testing import synthetic_keypoint_dataset
-from vitpose_hf.training.bottom_up import evaluate_bottom_up_on_coco
+from vitpose_hf.training.bottom_up import bottom_up_coco_results, evaluate_bottom_up_on_coco
 
 COCO_KEYS = {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
 
@@ -185,6 +185,22 @@ def test_wiring_eval_bottom_up_scores_like_the_python_api(bottom_up_dir, coco_di
     assert len(results) == 4 * 3 and {r["image_id"] for r in results} == {
         im["id"] for im in json.loads(annotations.read_text())["images"]
     }
+
+
+def test_wiring_eval_bottom_up_on_a_hub_dataset(bottom_up_dir, coco_figures, tmp_path, capsys):
+    import datasets
+
+    output = tmp_path / "results.json"
+    rc, err = run(
+        capsys,
+        *("eval", "--model", bottom_up_dir, "--hub-dataset", coco_figures, "--output", output, "--no-progress"),
+    )
+    assert rc == 0, err
+    rows = datasets.load_from_disk(str(coco_figures))["train"]
+    expected = bottom_up_coco_results(BottomUpPoseEstimator(bottom_up_dir, flip_test=False), rows)
+    assert json.loads(output.read_text()) == json.loads(json.dumps(expected)) and len(expected) == len(rows) * 3
+    written = json.loads((tmp_path / "results_metrics.json").read_text())
+    assert set(written["metrics"]) >= COCO_KEYS and written["num_people"] == len(expected)
 
 
 def test_eval_bottom_up_refuses_boxes(bottom_up_dir, coco_dir, tmp_path, capsys):

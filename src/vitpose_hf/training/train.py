@@ -1460,6 +1460,8 @@ _TOP_DOWN_ONLY = (
     ("freeze", []),
     ("freeze_blocks", 0),
     ("dataset_ratio", None),
+    ("report_to", "none"),
+    ("eval_flip_test", False),
 )
 
 
@@ -1551,7 +1553,10 @@ def run_bottom_up(args: argparse.Namespace) -> int:
     ViTPoseBottomUpImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
     with open(output_dir / "all_results.json", "w", encoding="utf-8") as f:
         json.dump(_json_safe({"step": len(history), "paradigm": "bottom-up", "last_loss": history[-1:]}), f, indent=2)
-    logger.info(f"saved the bottom-up model in {output_dir}")
+    logger.info(
+        f"saved the bottom-up model in {output_dir} (no evaluation during bottom-up training: score it with "
+        f"`vitpose-hf eval --model {output_dir} ...`)"
+    )
     return 0
 
 
