@@ -605,7 +605,7 @@ def _bottom_up(args: argparse.Namespace) -> bool:
     if args.paradigm == "bottom-up" and local and not found:
         raise InputError(
             f"--paradigm bottom-up, but {args.model!r} is a top-down checkpoint "
-            "(`vitpose-hf train --paradigm bottom-up --model_name_or_path ...` makes a bottom-up one from it)"
+            "(`vitpose-hf train --paradigm bottom-up --model ...` makes a bottom-up one from it)"
         )
     if not (found or args.paradigm == "bottom-up"):
         if args.scales is not None:
@@ -624,8 +624,8 @@ def _bottom_up(args: argparse.Namespace) -> bool:
     ]
     if refused:
         raise InputError(
-            f"{' / '.join(refused)} do(es) not apply to a bottom-up model: it finds the people in the whole image "
-            "itself"
+            f"{' / '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a bottom-up model: it finds "
+            "the people in the whole image itself"
         )
     if args.dtype not in ("auto", "fp32"):
         raise InputError(f"--dtype {args.dtype} is not supported for bottom-up models (they run in fp32)")
