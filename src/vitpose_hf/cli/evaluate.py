@@ -6,6 +6,9 @@ Data: a COCO-format keypoint json with its image folder, or a Hub ``datasets`` s
 results json). Each pose is rescored (box score x mean keypoint score above 0.2), OKS-NMS'ed at 0.9 per image,
 exported as COCO results and scored with :func:`vitpose_hf.evaluation.metrics.coco_keypoint_metrics`.
 
+A bottom-up checkpoint (associative embedding) is run on the whole images instead, with no boxes (``--boxes`` is
+refused), and its people are scored by the same COCO OKS AP code.
+
 User errors (a missing file, images that are not in the ``--images`` folder, a ``--boxes`` file that is not a COCO
 results list, an unknown ``--dataset``) are found before the model is loaded and end the command with one line.
 """
@@ -431,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from vitpose_hf.evaluation.metrics import coco_keypoint_metrics, format_metrics, top_down_results
+    from vitpose_hf.evaluation.metrics import top_down_results
 
     if args.model and args.model_path and args.model != args.model_path:
         raise CommandError(f"give the model once: --model {args.model!r} or {args.model_path!r}, not both")
@@ -447,6 +450,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     gt, items = _coco_source(args) if args.annotations else _hub_source(args)
     gt, items = _restrict(gt, items, args.max_images)
     _check_image_files(items, args)
+    from vitpose_hf.inference.bottom_up import is_bottom_up_checkpoint
+
+    if is_bottom_up_checkpoint(args.model):
+        return _evaluate_bottom_up(args, gt, items)
     if args.bbox_file:
         skipped, removed = _detection_boxes(args.bbox_file, items, args.det_score_thr, args.det_category)
         if skipped:
@@ -470,15 +477,81 @@ def _evaluate(args: argparse.Namespace) -> int:
             bar.update(len(group))
 
     results = top_down_results(poses, info, vis_thr=args.vis_thr, oks_thr=args.oks_thr, use_nms=not args.no_nms)
+    title = (
+        f"{info['name']}: {len(items)} images, {num_boxes} boxes "
+        f"({'detections' if args.bbox_file else 'ground-truth boxes'}), flip test {'on' if args.flip_test else 'off'}"
+    )
+    return _score_and_write(args, gt, results, info, title, {"num_images": len(items), "num_boxes": num_boxes})
+
+
+class _BottomUpRows:
+    """The evaluated images as the Hub-schema rows (``image``, ``image_id``) that the bottom-up helpers read, loaded
+    one at a time (with a progress bar)."""
+
+    def __init__(self, items: list[_Item], bar: Any) -> None:
+        self.items, self.bar = items, bar
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        row = {"image": item.load(), "image_id": item.image_id}
+        self.bar.update(1)
+        return row
+
+
+def _evaluate_bottom_up(args: argparse.Namespace, gt: dict[str, Any], items: list[_Item]) -> int:
+    """A bottom-up checkpoint: whole images, its own people, the same COCO OKS metrics and output files."""
+    from tqdm.auto import tqdm
+
+    from vitpose_hf.inference.bottom_up import BottomUpPoseEstimator
+    from vitpose_hf.training.bottom_up import bottom_up_coco_results
+
+    if args.bbox_file:
+        raise CommandError("--boxes does not apply to a bottom-up model: it finds the people in the whole image itself")
+    if args.dtype not in ("fp32", "auto"):
+        raise CommandError(f"--dtype {args.dtype} is not supported for bottom-up models (they run in fp32)")
+    device = _device(args.device)
+    try:
+        estimator = BottomUpPoseEstimator(
+            args.model,
+            flip_test=args.flip_test,
+            dataset=0 if args.dataset is None else args.dataset,
+            device=device,
+            batch_size=args.batch_size,
+        )
+    except (KeyError, IndexError) as exc:  # an unknown --dataset head
+        raise CommandError(f"--dataset {args.dataset!r}: {str(exc).strip(chr(39))}") from None
+    info = estimator.model.config.datasets[estimator.dataset_index]
+    with tqdm(total=len(items), desc=f"eval {info['name']} (bottom-up)", unit="img", disable=args.no_progress) as bar:
+        results = bottom_up_coco_results(estimator, _BottomUpRows(items, bar))
+    if not results:
+        raise CommandError("the model found no people in any image; COCO AP is undefined without predictions")
+    title = (
+        f"{info['name']}: {len(items)} images, bottom-up ({len(results)} people found), "
+        f"flip test {'on' if args.flip_test else 'off'}"
+    )
+    extra = {"paradigm": "bottom-up", "num_images": len(items), "num_people": len(results)}
+    return _score_and_write(args, gt, results, info, title, extra)
+
+
+def _score_and_write(
+    args: argparse.Namespace,
+    gt: dict[str, Any],
+    results: list[dict[str, Any]],
+    info: dict[str, Any],
+    title: str,
+    extra: dict[str, Any],
+) -> int:
+    """Write the COCO results, score them against ``gt``, print the table and write the metrics json."""
+    from vitpose_hf.evaluation.metrics import coco_keypoint_metrics, format_metrics
+
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
         json.dump(results, f)
     metrics = coco_keypoint_metrics(gt, results, info)
-    title = (
-        f"{info['name']}: {len(items)} images, {num_boxes} boxes "
-        f"({'detections' if args.bbox_file else 'ground-truth boxes'}), flip test {'on' if args.flip_test else 'off'}"
-    )
     print(format_metrics(metrics, title=title))
     metrics_path = Path(args.metrics_output) if args.metrics_output else output.with_name(f"{output.stem}_metrics.json")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -487,8 +560,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             {
                 "dataset": info["name"],
                 "model": str(args.model),
-                "num_images": len(items),
-                "num_boxes": num_boxes,
+                **extra,
                 "flip_test": bool(args.flip_test),
                 "metrics": metrics,
             },

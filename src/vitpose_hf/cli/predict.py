@@ -4,6 +4,11 @@
     vitpose-hf predict photo.jpg frames/ --out results/ --json results/poses.json
     vitpose-hf predict val2017/ --boxes detections.json --flip-test --json preds.json
     vitpose-hf predict clip.mp4 --detector PekingU/rtdetr_r50vd --out clip_poses/    # needs the `video` extra
+    vitpose-hf predict clip.mp4 --detector PekingU/rtdetr_r50vd --track --detect-every 3 --smooth one-euro --out out/
+    vitpose-hf predict photo.jpg --model bottom_up_checkpoint/ --paradigm bottom-up --scales 1 0.5 --json poses.json
+
+A bottom-up checkpoint (``--paradigm bottom-up``, the default for a local bottom-up folder) finds every person in the
+whole image itself: no boxes, no detector; its people are written in the same per-person format.
 
 Boxes come from ``--boxes`` (a JSON file), else from ``--detector`` (any transformers object-detection model), else
 the whole image is one box. ``--boxes`` accepts
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from vitpose_hf.boxes import BOX_FORMATS, box_warnings, convert_boxes, validate_boxes
+from vitpose_hf.video.sources import VIDEO_FILE_EXTENSIONS
 from vitpose_hf_cli import DTYPES, dataset_name_or_index, dtype_name
 
 __all__ = ["SAMPLE_IMAGE", "BoxTable", "add_arguments", "load_boxes_file", "run"]
@@ -47,7 +53,7 @@ __all__ = ["SAMPLE_IMAGE", "BoxTable", "add_arguments", "load_boxes_file", "run"
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 DEFAULT_OUT = "vitpose-hf-output"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+VIDEO_EXTENSIONS = set(VIDEO_FILE_EXTENSIONS)  # the video package's list: one owner
 IMAGES_PER_CALL = 8  # images whose crops share one pipeline call (and its forward batches)
 
 # COCO category ids of the classes that find people and the AP-10K / APT-36K animals
@@ -161,6 +167,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="hide every progress bar (also the model loading bars)"
     )
+    parser.add_argument(
+        "--paradigm",
+        choices=("top-down", "bottom-up"),
+        default=None,
+        help="top-down: boxes or a detector, then crops; bottom-up: whole images, no boxes (default: from the "
+        "checkpoint; give bottom-up for a Hub id)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="bottom-up multi-scale test, e.g. --scales 1 0.5 (default: the processor's, 1)",
+    )
+    from vitpose_hf.video.cli import add_track_arguments
+
+    add_track_arguments(parser)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -507,13 +531,10 @@ def _write_json(path: str, payload: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    from vitpose_hf.inference.hub import check_device
 
-    from vitpose_hf.inference.drawing import draw
-    from vitpose_hf.inference.hub import check_device, choose_dtype
-    from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
-
+    if getattr(args, "track", False) and not args.inputs:  # before the sample photo fallback
+        raise InputError("--track needs a video file or a folder of frames")
     inputs = list(args.inputs)
     if args.sample or not inputs:
         if not SAMPLE_IMAGE.is_file():
@@ -529,6 +550,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError("pass either --boxes or --detector, not both")
     if args.box_category and not args.boxes:
         raise InputError("--box-category filters the --boxes file; without --boxes it does nothing")
+    bottom_up = _bottom_up(args)
     check_device(args.device)
     items = _expand_inputs(inputs)
     if args.boxes and any(kind == "video" for kind, _, _ in items):
@@ -541,7 +563,7 @@ def _predict(args: argparse.Namespace) -> int:
         _category_note(table, categories)
         if table.box_format != box_format:
             logger.info("--boxes holds %s boxes: converting them to %s", table.box_format, box_format)
-    whole_image = table is None and args.detector is None
+    whole_image = table is None and args.detector is None and not bottom_up and not args.track
     if whole_image:
         print(
             "note: no --boxes and no --detector: each image is one box, the whole image (right for one person per "
@@ -550,12 +572,91 @@ def _predict(args: argparse.Namespace) -> int:
         )
 
     total: int | None = 0  # for the progress bar; opening videos first also reports a missing OpenCV early
-    for kind, path, _ in items:
+    for kind, path, _ in [] if args.track else items:  # --track opens its sources itself
         if kind == "image":
             total = None if total is None else total + 1
         else:
             frames = _count_frames(path, args.video_stride)
             total = None if total is None or frames is None else total + frames
+
+    if bottom_up:
+        pipe, info = _bottom_up_estimator(args)
+    else:
+        pipe, info = _top_down_pipeline(args, box_format)
+        if args.track:
+            from vitpose_hf.video.cli import run_track
+
+            return run_track(args, pipe, inputs=list(args.inputs))  # a folder is one frame source here
+    return _write_results(
+        args, pipe, info, items, total, out_dir, box_format, table, categories, whole_image, bottom_up
+    )
+
+
+def _bottom_up(args: argparse.Namespace) -> bool:
+    """Whether the run is bottom-up (``--paradigm``, else the checkpoint's type); refuses the options that do not
+    apply to the chosen paradigm."""
+    from vitpose_hf.inference.bottom_up import is_bottom_up_checkpoint
+
+    folder = Path(args.model)
+    local = (folder / "config.json").is_file()
+    found = local and is_bottom_up_checkpoint(folder)
+    if args.paradigm == "top-down" and found:
+        raise InputError(f"--paradigm top-down, but {args.model!r} is a bottom-up checkpoint")
+    if args.paradigm == "bottom-up" and local and not found:
+        raise InputError(
+            f"--paradigm bottom-up, but {args.model!r} is a top-down checkpoint "
+            "(`vitpose-hf train --paradigm bottom-up --model ...` makes a bottom-up one from it)"
+        )
+    if not (found or args.paradigm == "bottom-up"):
+        if args.scales is not None:
+            raise InputError("--scales is the multi-scale test of bottom-up models (--paradigm bottom-up)")
+        return False
+    refused = [
+        name
+        for name, given in (
+            ("--boxes", args.boxes),
+            ("--detector", args.detector),
+            ("--box-threshold", args.box_threshold is not None),
+            ("--track", args.track),
+            ("--compile", args.compile),
+        )
+        if given
+    ]
+    if refused:
+        raise InputError(
+            f"{' / '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a bottom-up model: it finds "
+            "the people in the whole image itself"
+        )
+    if args.dtype not in ("auto", "fp32"):
+        raise InputError(f"--dtype {args.dtype} is not supported for bottom-up models (they run in fp32)")
+    if args.scales is not None and not all(s > 0 for s in args.scales):
+        raise InputError(f"--scales must be positive numbers, got {args.scales}")
+    return True
+
+
+def _bottom_up_estimator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~vitpose_hf.inference.bottom_up.BottomUpPoseEstimator` of ``--model`` and its head's dataset."""
+    from vitpose_hf.inference.pipeline import pipeline
+
+    try:
+        estimator = pipeline(
+            args.model,
+            paradigm="bottom-up",
+            dataset=args.dataset,
+            device=args.device,
+            flip_test=args.flip_test,
+            scales=args.scales,
+            batch_size=args.batch_size,
+        )
+    except (KeyError, IndexError) as exc:  # an unknown --dataset head
+        raise InputError(f"--dataset {args.dataset!r}: {str(exc).strip(chr(39))}") from None
+    return estimator, estimator.model.config.datasets[estimator.dataset_index]
+
+
+def _top_down_pipeline(args: argparse.Namespace, box_format: str) -> tuple[Any, dict[str, Any]]:
+    """The top-down pose pipeline of ``--model`` (with ``--detector``) and its head's dataset."""
+    from vitpose_hf.inference.hub import choose_dtype
+    from vitpose_hf.inference.pipeline import PoseEstimationPipeline, load_pose_model
 
     model = load_pose_model(args.model, torch_dtype=None if args.dtype == "auto" else args.dtype)
     pipe_kwargs: dict[str, Any] = {"batch_size": args.batch_size, "box_format": box_format, "flip_test": args.flip_test}
@@ -580,7 +681,28 @@ def _predict(args: argparse.Namespace) -> int:
         index = model.config.dataset_to_index(args.dataset if args.dataset is not None else 0)
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"--dataset {args.dataset!r}: {exc}") from None
-    info = model.config.datasets[index]
+    return pipe, model.config.datasets[index]
+
+
+def _write_results(
+    args: argparse.Namespace,
+    pipe: Any,
+    info: dict[str, Any],
+    items: list[tuple[str, Path, Path]],
+    total: int | None,
+    out_dir: str | None,
+    box_format: str,
+    table: BoxTable | None,
+    categories: set[int] | None,
+    whole_image: bool,
+    bottom_up: bool,
+) -> int:
+    """Run ``pipe`` (top-down pipeline or bottom-up estimator: the same per-person output) over the inputs and
+    write the drawings and JSON."""
+    import torch
+    from tqdm import tqdm
+
+    from vitpose_hf.inference.drawing import draw
 
     records: list[dict[str, Any]] = []
     missing = 0
@@ -623,6 +745,9 @@ def _predict(args: argparse.Namespace) -> int:
                 call["boxes"] = [[[0.0, 0.0, *map(float, _size_of(job.image))]] for job in chunk]
             with torch.inference_mode():
                 results = pipe([job.image for job in chunk], **call)
+            if bottom_up and box_format != "xywh":  # the estimator's boxes are xywh
+                for person in (p for people in results for p in people):
+                    person["box"], person["box_format"] = convert_boxes(person["box"], "xywh", box_format), box_format
             for job, people in zip(chunk, results):
                 people_count += len(people)
                 width, height = _size_of(job.image)

@@ -13,6 +13,11 @@ Several ``--dataset-name`` train one multi-dataset model: each dataset has a key
 the same layout share it) and, by default, its own ViTPose++ expert. Every sample carries its head index, batches
 mix datasets, ``--dataset-ratio`` sets the sampling shares, and after training each head is also exported as a dense
 single-dataset model under ``per_dataset/<name>``.
+
+``--paradigm bottom-up`` trains a `ViTPoseForBottomUpPoseEstimation` (associative embedding) on whole images of one
+dataset with :func:`vitpose_hf.training.bottom_up.train_bottom_up`: a new model (``--model-size``), a bottom-up
+checkpoint, or a top-down ``--model`` converted to bottom-up. It runs in one process (no Accelerate, no checkpoints
+or resuming) and saves the model and its processor config in ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ __all__ = [
     "progress_bar",
     "resume",
     "run",
+    "run_bottom_up",
     "save",
     "set_drop_path",
     "setup",
@@ -114,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_alias(m, model, "--model_name_or_path", "--model-name-or-path")  # the transformers-script spelling
     m.add_argument(
         "--model-size", choices=list(PRESET_SIZES), help="build ViTPose-S/B/L/H from scratch (see --init-from)"
+    )
+    m.add_argument(
+        "--paradigm",
+        choices=["top-down", "bottom-up"],
+        default="top-down",
+        help="bottom-up: whole images, associative-embedding heads (one dataset; a top-down --model is converted, "
+        "its position table resized)",
     )
     m.add_argument(
         "--init-from",
@@ -1416,6 +1429,9 @@ def run(args: argparse.Namespace) -> int:
     """Train; returns 0. Raises :class:`vitpose_hf_cli.CommandError` (a ValueError) for bad options or data."""
     from vitpose_hf.inference.hub import progress_bars
 
+    if getattr(args, "paradigm", "top-down") == "bottom-up":
+        with progress_bars(not getattr(args, "no_progress", False)):
+            return run_bottom_up(args)
     with progress_bars(not getattr(args, "no_progress", False)):
         with user_errors():  # bad options or data, found before any training: one line on the command line
             state = setup(args)
@@ -1427,6 +1443,121 @@ def run(args: argparse.Namespace) -> int:
                     break
                 train_epoch(state, epoch)
         return finish(state)
+
+
+# options of the top-down Accelerate loop that the bottom-up loop does not have (name, default)
+_TOP_DOWN_ONLY = (
+    ("config_name", None),
+    ("init_from", None),
+    ("streaming", False),
+    ("resume_from_checkpoint", None),
+    ("checkpointing_steps", None),
+    ("gradient_accumulation_steps", 1),
+    ("gradient_checkpointing", False),
+    ("mixed_precision", None),
+    ("eval_steps", None),
+    ("push_to_hub", False),
+    ("freeze", []),
+    ("freeze_blocks", 0),
+    ("dataset_ratio", None),
+    ("report_to", "none"),
+    ("eval_flip_test", False),
+)
+
+
+def _bottom_up_model(args: argparse.Namespace, layout: dict) -> Any:
+    """The bottom-up model of ``--model`` (bottom-up checkpoint, or top-down one converted) or ``--model-size``."""
+    from vitpose_hf.configuration_vitpose_hf import ViTPoseBottomUpConfig
+    from vitpose_hf.inference.bottom_up import is_bottom_up_checkpoint
+    from vitpose_hf.inference.hub import hub_load
+    from vitpose_hf.modeling_vitpose_hf_bottom_up import ViTPoseForBottomUpPoseEstimation
+
+    overrides = parse_overrides(args.config_overrides)
+    if args.image_size:
+        overrides["image_size"] = tuple(args.image_size)
+    if not args.model_name_or_path:
+        return ViTPoseForBottomUpPoseEstimation(
+            ViTPoseBottomUpConfig.from_preset(f"vitpose-{args.model_size}", datasets=[layout], **overrides)
+        )
+    source = args.model_name_or_path
+    if is_bottom_up_checkpoint(source):
+        if overrides:
+            raise ValueError("--config-overrides / --image-size build new models; a bottom-up --model keeps its own")
+        model = ViTPoseForBottomUpPoseEstimation.from_pretrained(source)
+    else:
+        top_down = hub_load(ViTPoseForPoseEstimation.from_pretrained, source, cache_dir=args.cache_dir)
+        model = ViTPoseForBottomUpPoseEstimation.from_top_down(top_down, **overrides)
+    if layout["name"] not in model.config.dataset_names:
+        raise ValueError(
+            f"the dataset's layout {layout['name']!r} is not a head of --model {source!r} "
+            f"(heads: {model.config.dataset_names})"
+        )
+    return model
+
+
+def run_bottom_up(args: argparse.Namespace) -> int:
+    """``--paradigm bottom-up``: train with :func:`vitpose_hf.training.bottom_up.train_bottom_up` on the first
+    ``--dataset-name`` and save the model and its processor config in ``--output-dir``. Returns 0."""
+    from vitpose_hf.image_processing_vitpose_hf_bottom_up import ViTPoseBottomUpImageProcessor
+    from vitpose_hf.training.bottom_up import BottomUpAugment, train_bottom_up
+
+    with user_errors():
+        sources = [bool(args.model_name_or_path), bool(args.model_size), bool(args.config_name)]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of --model, --model-size, --config-name")
+        given = [f"--{name.replace('_', '-')}" for name, default in _TOP_DOWN_ONLY if getattr(args, name) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not available with --paradigm bottom-up (top-down training only)")
+        if len(args.dataset_name) != 1:
+            raise ValueError("--paradigm bottom-up trains on one --dataset-name")
+        if args.per_device_train_batch_size < 1:
+            raise ValueError(f"--per-device-train-batch-size must be positive, got {args.per_device_train_batch_size}")
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("vitpose_hf").setLevel(logging.INFO)
+        torch.manual_seed(args.seed)
+        spec = load_data_specs(args)[0]
+        model = _bottom_up_model(args, spec.layout)
+        if len(spec.train) == 0:
+            raise ValueError(f"{spec.name!r}: the {args.train_split!r} split is empty")
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    batch = args.per_device_train_batch_size
+    steps = args.max_train_steps or args.num_train_epochs * math.ceil(len(spec.train) / batch)
+    logger.info(
+        f"bottom-up training: {len(spec.train)} images of {spec.name} ({spec.layout['name']}), {steps} steps of "
+        f"{batch}, device {device}; model {model.config.hidden_size}x{model.config.num_hidden_layers}, input "
+        f"{tuple(model.config.image_size)}"
+    )
+    every = max(1, args.logging_steps)
+
+    def log(step: int, terms: dict[str, float]) -> None:
+        if (step + 1) % every == 0 or step + 1 == steps:
+            logger.info(f"step {step + 1}/{steps}: " + ", ".join(f"{k} {v:.4g}" for k, v in terms.items()))
+
+    kwargs: dict[str, Any] = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    history = train_bottom_up(
+        model.to(device),
+        spec.train,
+        steps=steps,
+        batch_size=batch,
+        weight_decay=args.weight_decay,
+        augment=None if args.no_augmentation else BottomUpAugment(),
+        dataset_index=spec.layout["name"],
+        seed=args.seed,
+        num_workers=args.dataloader_num_workers,
+        callback=log,
+        **kwargs,
+    )
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    ViTPoseBottomUpImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
+    with open(output_dir / "all_results.json", "w", encoding="utf-8") as f:
+        json.dump(_json_safe({"step": len(history), "paradigm": "bottom-up", "last_loss": history[-1:]}), f, indent=2)
+    logger.info(
+        f"saved the bottom-up model in {output_dir} (no evaluation during bottom-up training: score it with "
+        f"`vitpose-hf eval --model {output_dir} ...`)"
+    )
+    return 0
 
 
 @contextlib.contextmanager
