@@ -27,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vitpose-hf annotate``."""
     from vitpose_hf.inference.pipeline import DEFAULT_MODEL
 
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("input", help="Hub dataset id, save_to_disk folder, or folder of images")
     parser.add_argument("--output-dir", required=True, help="folder for data/*.parquet and the resume state")
     parser.add_argument("--split", default=None, help="split to annotate (default: the only one)")
