@@ -15,6 +15,7 @@ Every graph has a dynamic batch axis. Inputs and outputs are float32 whatever th
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ EXPORT_FORMATS = ("onnx", "exported-program")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
 _DTYPES.update({"bfloat16": torch.bfloat16, "bf16": torch.bfloat16})
 _SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2"}
+BF16_ONNX_MIN_OPSET = 22  # Conv / ConvTranspose / LayerNormalization accept bfloat16 from opset 22 on
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -43,10 +45,10 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+            raise ValueError(f"unknown dtype {dtype}; choose from torch.bfloat16, torch.float16, torch.float32")
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(_DTYPES))}")
     return _DTYPES[dtype]
 
 
@@ -207,7 +209,9 @@ def export(
         model: a ``ViTPoseForPoseEstimation`` or a path / Hub id to load one from.
         out: the file to write (``.onnx`` / ``.pt2``).
         dataset: for a model with several datasets: the one to export (its expert merged, its head alone).
-        dtype: weights' dtype, ``float32`` / ``float16`` / ``bfloat16`` (inputs and outputs stay float32).
+        dtype: weights' dtype, ``float32`` / ``float16`` / ``bfloat16`` (inputs and outputs stay float32; the
+            decoding runs in float32). bfloat16 ONNX needs ``opset >= 22``, and onnxruntime's CPU provider cannot
+            run it; float16 ONNX runs there.
         with_decoding: put the decoding in the graph (inputs ``pixel_values``, ``center``, ``scale``; outputs
             ``keypoints`` ``(B, K, 2)`` image pixels and ``scores`` ``(B, K)``) instead of returning ``heatmaps``.
         overwrite: replace an existing ``out``; without it an existing file is an error.
@@ -223,11 +227,23 @@ def export(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     torch_dtype = _resolve_dtype(dtype)
+    if format == "onnx" and torch_dtype == torch.bfloat16:
+        if opset is None or opset < BF16_ONNX_MIN_OPSET:
+            raise ValueError(
+                f"bfloat16 ONNX needs opset >= {BF16_ONNX_MIN_OPSET} (got {opset or 'the default'}): older opsets "
+                "have no bfloat16 Conv, and onnxruntime's CPU provider has no bfloat16 Conv kernel at any opset. "
+                "Use dtype='float16' for ONNX, format='exported-program' for bfloat16, or "
+                f"opset={BF16_ONNX_MIN_OPSET} for a runtime with bfloat16 kernels"
+            )
+        logger.warning("bfloat16 ONNX: onnxruntime's CPU provider cannot run it (no bfloat16 Conv kernel)")
     if isinstance(model, (str, os.PathLike)):
         from vitpose_hf.modeling_vitpose_hf import ViTPoseForPoseEstimation
 
         model = ViTPoseForPoseEstimation.from_pretrained(model)
-    model = _prepare_model(model, dataset, all_datasets).eval().to(torch_dtype)
+    prepared = _prepare_model(model, dataset, all_datasets)
+    if prepared is model and next(model.parameters()).dtype != torch_dtype:
+        prepared = copy.deepcopy(model)  # Module.to is in place: never change the caller's model
+    model = prepared.eval().to(torch_dtype)
     graph = DecodingGraph(model, blur_kernel_size) if with_decoding else HeatmapGraph(model)
     graph.eval()
 
