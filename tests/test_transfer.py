@@ -375,11 +375,15 @@ def test_knowledge_token_options_and_width_are_checked(tmp_path):
     from vitpose_hf.training import distill
 
     model = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY))
-    with pytest.raises(ValueError, match="width 16 but the student has width 32"):
-        distill.student_with_token(torch.zeros(1, 1, 16))(model)
-    assert model.backbone.knowledge_token is None and model.config.knowledge_token is False
-    with pytest.raises(ValueError, match="shape \\(1, 1, 32\\)"):
+    with pytest.raises(ValueError, match="shape \\(1, 1, width\\), got \\(1, 2, 32\\)"):
         model.backbone.add_knowledge_token(torch.zeros(1, 2, 32))
+    assert model.backbone.knowledge_token is None and model.config.knowledge_token is False
+    with pytest.raises(ValueError, match="knowledge_token_width is set but knowledge_token is False"):
+        ViTPoseConfig(**TINY, knowledge_token_width=16)
+    with pytest.raises(ValueError, match="already has a knowledge token"):
+        distill.student_with_token(torch.zeros(1, 1, 32))(
+            ViTPoseForPoseEstimation(ViTPoseConfig(**TINY, knowledge_token=True))
+        )
     model.save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="has no knowledge token"):
         distill.load_knowledge_token(str(tmp_path / "plain"))
@@ -396,3 +400,96 @@ def test_knowledge_token_options_and_width_are_checked(tmp_path):
     token_model = ViTPoseForPoseEstimation(ViTPoseConfig(**{**TINY, "patch_size": 16}, knowledge_token=True))
     with pytest.raises(ValueError, match="no knowledge token"):
         ours_to_transformers(token_model.config, token_model.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# knowledge token across widths (a wider teacher's token, projected to the student's width)
+# ---------------------------------------------------------------------------------------------------------------
+def test_knowledge_token_of_another_width_goes_through_a_linear_projection(tmp_path):
+    """A width-16 token on a width-32 encoder: the encoder equals the hand-written forward with W @ token + b
+    appended last; the config records the token width, so a save / load round trip is exact."""
+    torch.manual_seed(0)
+    model = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY, deconv_channels=32)).eval()
+    token = torch.randn(1, 1, 16)
+    model.backbone.add_knowledge_token(token)
+    enc = model.backbone
+    assert torch.equal(enc.knowledge_token, token)
+    assert enc.knowledge_token_proj.weight.shape == (32, 16) and enc.knowledge_token_proj.bias.shape == (32,)
+    assert model.config.knowledge_token is True and model.config.knowledge_token_width == 16
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        projected = token[0, 0] @ enc.knowledge_token_proj.weight.T + enc.knowledge_token_proj.bias
+        tokens = enc.patch_embed.proj(x).flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:] + enc.pos_embed[:, :1]
+        tokens = torch.cat([tokens, projected.expand(2, 1, 32)], dim=1)
+        for block in enc.blocks:
+            tokens = block(tokens, None)[0]
+        expected = enc.last_norm(tokens[:, :48])
+        torch.testing.assert_close(enc(x).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+        heatmaps = model(x).heatmaps
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["knowledge_token_width"] == 16
+    loaded = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "m").eval()
+    assert loaded.backbone.knowledge_token_proj.weight.shape == (32, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).heatmaps, heatmaps)
+    # a same-width token has no projection and no extra config entry
+    same = ViTPoseForPoseEstimation(ViTPoseConfig(**TINY))
+    same.backbone.add_knowledge_token(torch.randn(1, 1, 32))
+    assert same.backbone.knowledge_token_proj is None and same.config.knowledge_token_width is None
+    assert not any("knowledge_token_proj" in k for k in same.state_dict())
+
+
+def test_knowledge_token_stage_two_from_a_wider_teacher(figures, tmp_path, monkeypatch):
+    """Stage 2 with the token of a width-32 teacher (what stage 1 writes: the teacher with a token) and a width-16
+    student: the token stays bit-identical, the projection (32 -> 16) and the student's weights train, the saved
+    student reloads with identical outputs, and its projected token changes the output compared with the same
+    weights without token and projection."""
+    from vitpose_hf.training import distill
+
+    teacher_config = ViTPoseConfig(**TINY, deconv_channels=32, datasets=[SYNTHETIC_FIGURE_LAYOUT])
+    torch.manual_seed(0)
+    teacher = ViTPoseForPoseEstimation(teacher_config)
+    teacher.backbone.add_knowledge_token()
+    teacher.save_pretrained(tmp_path / "stage1")
+    token = teacher.backbone.knowledge_token.detach().clone()
+
+    drawn = {}
+    original = distill.student_with_token
+
+    def recording(t):
+        prepare = original(t)
+
+        def wrapped(model):
+            prepare(model)
+            drawn["proj"] = model.backbone.knowledge_token_proj.weight.detach().clone()
+            drawn["qkv"] = model.backbone.blocks[0].attn.qkv.weight.detach().clone()
+
+        return wrapped
+
+    monkeypatch.setattr(distill, "student_with_token", recording)
+    stage2 = tmp_path / "stage2"
+    argv = train_args(stage2, figures, 4, "--learning_rate", "1e-3", "--token_stage", "2")
+    argv[argv.index(TINY_OVERRIDES)] = "hidden_size=16,num_hidden_layers=2,num_attention_heads=4,patch_size=8"
+    argv += ["--token_from", str(tmp_path / "stage1"), "--teacher", str(tmp_path / "stage1")]
+    assert run_distill(argv) == 0
+    saved = load_file(stage2 / "model.safetensors")
+    assert torch.equal(saved["backbone.knowledge_token"], token)
+    assert saved["backbone.knowledge_token_proj.weight"].shape == (16, 32)
+    assert not torch.equal(saved["backbone.knowledge_token_proj.weight"], drawn["proj"]), "projection did not train"
+    assert not torch.equal(saved["backbone.blocks.0.attn.qkv.weight"], drawn["qkv"]), "student did not train"
+
+    student = ViTPoseForPoseEstimation.from_pretrained(stage2).eval()
+    assert student.config.hidden_size == 16 and student.config.knowledge_token_width == 32
+    student.save_pretrained(tmp_path / "again")
+    again = ViTPoseForPoseEstimation.from_pretrained(tmp_path / "again").eval()
+    plain_config = ViTPoseConfig(
+        **{**student.config.to_dict(), "knowledge_token": False, "knowledge_token_width": None}
+    )
+    plain = ViTPoseForPoseEstimation(plain_config).eval()
+    plain.load_state_dict({k: v for k, v in student.state_dict().items() if "knowledge_token" not in k}, strict=True)
+    x = held_out_crops()
+    with torch.no_grad():
+        with_token = student(x).heatmaps
+        assert torch.equal(again(x).heatmaps, with_token)
+        difference = (plain(x).heatmaps - with_token).abs().max()
+    assert difference > 1e-4 * with_token.abs().max(), float(difference)
