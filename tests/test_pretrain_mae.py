@@ -131,3 +131,77 @@ def test_pretrain_mae_command_and_bad_shapes():
         pretrain_mae.build_mae_config(parser.parse_args([*TINY, "--num_attention_heads", "3", *base]))
     with pytest.raises(ValueError, match="not a multiple of --patch-size"):
         pretrain_mae.build_mae_config(parser.parse_args([*TINY, "--image_size", "72", *base]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resuming after a kill
+# ---------------------------------------------------------------------------------------------------------------
+KILL_AFTER_STEPS = """
+import os, signal, sys
+import torch
+torch.set_num_threads(2)  # as the test process (conftest): the same arithmetic
+from vitpose_hf.training import pretrain_mae
+kill_after, done = int(sys.argv[1]), [0]
+original = torch.optim.AdamW.step
+def step(self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    done[0] += 1
+    if done[0] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no clean-up, no final save
+    return out
+torch.optim.AdamW.step = step
+sys.exit(pretrain_mae.main(sys.argv[2:]))
+"""
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(hub_folder, tmp_path):
+    """7 steps with augmentation, checkpoints every 2 steps. A run SIGKILLed right after its 5th optimiser step (its
+    newest checkpoint: step 4), started again with the same command, ends with final weights bit-identical to those
+    of an uninterrupted run of the same seed, and the same loss log. A restart with other options is refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from transformers import ViTMAEForPreTraining
+
+    def argv(out):
+        return [*TINY, "--dataset_name", str(hub_folder), "--max_train_samples", "6", "--max_train_steps", "7",
+                "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--cpu",
+                "--checkpointing_steps", "2", "--output_dir", str(out)]  # fmt: skip
+
+    _reset_accelerate()
+    assert pretrain_mae.main(argv(tmp_path / "whole")) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(pretrain_mae.__file__).rsplit("/vitpose_hf/", 1)[0]}
+    done = subprocess.run([sys.executable, "-c", KILL_AFTER_STEPS, "5", *argv(out)], env=env, capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    assert not (out / "model.safetensors").exists()
+    assert len((out / "pretrain_log.jsonl").read_text().splitlines()) == 4  # killed inside step 5, before its log
+
+    _reset_accelerate()
+    with pytest.raises(ValueError, match="other options \\(--mask-ratio 0.75 -> 0.5\\)"):
+        pretrain_mae.main([*argv(out), "--mask_ratio", "0.5"])
+    _reset_accelerate()
+    assert pretrain_mae.main(argv(out)) == 0
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(whole) == set(resumed)
+    for name, tensor in whole.items():
+        assert torch.equal(resumed[name], tensor), name
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert log == [json.loads(line) for line in (tmp_path / "whole" / "pretrain_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 8))
+    # the last steps moved the weights (the comparison could fail)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6"]  # the newest 2 kept
+    earlier = load_file(out / "checkpoints" / "step_4" / "model.safetensors")
+    final = ViTMAEForPreTraining.from_pretrained(out).state_dict()
+    assert not torch.equal(earlier["vit.layers.0.mlp.fc1.weight"], final["vit.layers.0.mlp.fc1.weight"])

@@ -85,6 +85,9 @@ class ViTPoseConfig(PretrainedConfig):
         interpolate_pos_encoding: allow inputs of another size by bicubic interpolation of the position embedding.
         knowledge_token: the encoder has a learnable `(1, 1, C)` token appended after the position embedding and
             dropped before the last norm (the paper's token-based distillation); it is not in the feature map.
+        knowledge_token_width: width of that token when it differs from `hidden_size` (a token distilled from a
+            teacher of another width); the encoder then has a trainable linear projection `(1, 1, width)` ->
+            `(1, 1, hidden_size)` applied to it. None (or `hidden_size`): same width, no projection.
     """
 
     model_type = "vitpose_hf"
@@ -114,6 +117,7 @@ class ViTPoseConfig(PretrainedConfig):
         datasets: list[str | dict] | None = None,
         interpolate_pos_encoding: bool = False,
         knowledge_token: bool = False,
+        knowledge_token_width: int | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(image_size, int):
@@ -141,6 +145,7 @@ class ViTPoseConfig(PretrainedConfig):
         self.datasets = [get_dataset_info(d) for d in (datasets if datasets is not None else ["coco"])]
         self.interpolate_pos_encoding = interpolate_pos_encoding
         self.knowledge_token = bool(knowledge_token)
+        self.knowledge_token_width = None if knowledge_token_width is None else int(knowledge_token_width)
         super().__init__(**kwargs)
         self._validate()
 
@@ -160,6 +165,11 @@ class ViTPoseConfig(PretrainedConfig):
         names = [d["name"] for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"dataset names must be unique, got {names}")
+        if self.knowledge_token_width is not None:
+            if not self.knowledge_token:
+                raise ValueError("knowledge_token_width is set but knowledge_token is False")
+            if self.knowledge_token_width < 1:
+                raise ValueError(f"knowledge_token_width must be positive, got {self.knowledge_token_width}")
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.num_experts > 1:
@@ -349,6 +359,7 @@ class ViTPoseBottomUpConfig(ViTPoseConfig):
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
             values.pop(key, None)
         values.update(image_size=list(image_size), interpolate_pos_encoding=True, knowledge_token=False)
+        values.update(knowledge_token_width=None)
         values.update(overrides)
         return cls(**values)
 

@@ -384,7 +384,11 @@ class ViTPosePreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, ViTPosePatchEmbed)):
+        if isinstance(module, ViTPoseKnowledgeTokenProjection):
+            # unit gain: the projected token starts at the scale of the teacher's token
+            init.trunc_normal_(module.weight, std=module.in_features**-0.5)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, ViTPosePatchEmbed)):
             layer = module.proj if isinstance(module, ViTPosePatchEmbed) else module
             init.trunc_normal_(layer.weight, std=std)
             if layer.bias is not None:
@@ -493,6 +497,13 @@ def check_pixel_values(pixel_values: Any, num_channels: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class ViTPoseKnowledgeTokenProjection(nn.Linear):
+    """Trainable map of a knowledge token from the teacher's width to the encoder's: `(1, 1, C_t)` -> `(1, 1, C)`.
+
+    The paper does not say how a token crosses widths; a learned linear projection is this package's choice.
+    """
+
+
 class ViTPoseModel(ViTPosePreTrainedModel):
     """The plain ViT encoder of ViTPose (dense FFN) or ViTPose++ (PS-FFN with per-dataset experts)."""
 
@@ -509,23 +520,49 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         self.last_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # the paper's knowledge token (token-based distillation): one extra token after the patch tokens
         if config.knowledge_token:
-            self.knowledge_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+            width = config.knowledge_token_width or config.hidden_size
+            self.knowledge_token = nn.Parameter(torch.zeros(1, 1, width))
         else:
             self.register_parameter("knowledge_token", None)
+        self.knowledge_token_proj = None
+        if config.knowledge_token and (config.knowledge_token_width or config.hidden_size) != config.hidden_size:
+            self.knowledge_token_proj = ViTPoseKnowledgeTokenProjection(
+                config.knowledge_token_width, config.hidden_size
+            )
         self.post_init()
 
     def add_knowledge_token(self, token: torch.Tensor | None = None) -> nn.Parameter:
-        """Give the encoder a knowledge token (sets `config.knowledge_token`): a copy of `token` `(1, 1, C)`, or a
-        new one drawn as at init. Returns the parameter."""
+        """Give the encoder a knowledge token (sets `config.knowledge_token`): a copy of `token` `(1, 1, C_t)`, or
+        a new one `(1, 1, C)` drawn as at init. Returns the token parameter.
+
+        When `C_t` differs from the encoder width `C` (a token from a teacher of another size), the encoder also gets
+        a new `knowledge_token_proj` (`C_t` -> `C`, trainable) and `config.knowledge_token_width = C_t`.
+        """
         width = self.config.hidden_size
         if token is None:
             token = torch.empty(1, 1, width, device=self.pos_embed.device, dtype=self.pos_embed.dtype)
             nn.init.trunc_normal_(token, std=self.config.initializer_range)
-        if tuple(token.shape) != (1, 1, width):
-            raise ValueError(f"a knowledge token of this encoder has shape (1, 1, {width}), got {tuple(token.shape)}")
+        if token.ndim != 3 or tuple(token.shape[:2]) != (1, 1) or token.shape[2] < 1:
+            raise ValueError(f"a knowledge token has shape (1, 1, width), got {tuple(token.shape)}")
+        token_width = int(token.shape[2])
         self.knowledge_token = nn.Parameter(token.detach().clone().to(self.pos_embed.device, self.pos_embed.dtype))
+        self.knowledge_token_proj = None
+        if token_width != width:
+            proj = ViTPoseKnowledgeTokenProjection(token_width, width)
+            self._init_weights(proj)
+            self.knowledge_token_proj = proj.to(self.pos_embed.device, self.pos_embed.dtype)
         self.config.knowledge_token = True
+        self.config.knowledge_token_width = None if token_width == width else token_width
         return self.knowledge_token
+
+    def projected_knowledge_token(self) -> torch.Tensor | None:
+        """The knowledge token at the encoder's width `(1, 1, C)` (through `knowledge_token_proj` when the token
+        has another width), or None without a token."""
+        if self.knowledge_token is None:
+            return None
+        if self.knowledge_token_proj is None:
+            return self.knowledge_token
+        return self.knowledge_token_proj(self.knowledge_token)
 
     def position_embedding(self, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
         """`(1, h*w, C)` position embedding for a token grid, slot 0 folded in."""
@@ -571,8 +608,9 @@ class ViTPoseModel(ViTPosePreTrainedModel):
                 experts than datasets).
 
         Returns:
-            tokens `(B, N, C)` and the feature map `(B, C, h, w)`. With a knowledge token, `hidden_states` and
-            `attentions` include it (last position); `last_hidden_state` and the feature map do not.
+            tokens `(B, N, C)` and the feature map `(B, C, h, w)`. With a knowledge token (at width `C`, through
+            `knowledge_token_proj` when it has another), `hidden_states` and `attentions` include it (last
+            position); `last_hidden_state` and the feature map do not.
         """
         reject_unknown_kwargs(kwargs)
         check_pixel_values(pixel_values, self.config.num_channels)
@@ -591,8 +629,9 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         pos = self.position_embedding(grid, interpolate)
         x = self.pos_drop(x.to(pos.dtype) + pos)  # the residual stream keeps the parameters' dtype under autocast
         num_patches = x.shape[1]
-        if self.knowledge_token is not None:
-            x = torch.cat([x, self.knowledge_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        token = self.projected_knowledge_token()
+        if token is not None:
+            x = torch.cat([x, token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for block in self.blocks:

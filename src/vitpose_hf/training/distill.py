@@ -12,8 +12,10 @@ Knowledge-token distillation (the paper's token-based distillation), ``--token-s
   appended to its patch tokens; only the token trains, on the GT pose loss. The output folder is T with the token.
 * stage 2 (``--token-stage 2 --token-from STAGE1``): the student gets a copy of that token, frozen, and trains with
   it (GT loss, plus output distillation when ``--teacher`` is given). Its config records ``knowledge_token``, so
-  ``from_pretrained`` restores it and inference uses it. The token must have the student's width: teacher and
-  student of different widths are refused (the paper does not say how a token would cross widths).
+  ``from_pretrained`` restores it and inference uses it. When the teacher's width differs from the student's
+  (H to B, B to S), the student also gets a trainable linear projection (teacher width -> student width) applied to
+  the frozen token and learned with the student; its config records ``knowledge_token_width`` (the paper does not
+  say how a token crosses widths: the projection is our choice).
 """
 
 from __future__ import annotations
@@ -141,16 +143,17 @@ def load_knowledge_token(path: str, cache_dir: str | None = None) -> torch.Tenso
 
 
 def student_with_token(token: torch.Tensor) -> Callable[[ViTPoseForPoseEstimation], None]:
-    """Stage 2: the student gets a frozen copy of ``token``; ValueError when the widths differ."""
+    """Stage 2: the student gets a frozen copy of ``token`` `(1, 1, C_t)`; when ``C_t`` is not the student's
+    width, also a trainable projection to it (`ViTPoseModel.add_knowledge_token`)."""
 
     def prepare(model: ViTPoseForPoseEstimation) -> None:
-        width = model.config.hidden_size
-        if token.shape[-1] != width:
-            raise ValueError(
-                f"the knowledge token has width {token.shape[-1]} but the student has width {width}: token "
-                "distillation needs a teacher of the student's width (use output distillation across widths)"
-            )
+        if model.config.knowledge_token:
+            raise ValueError("the stage-2 student already has a knowledge token")
         model.backbone.add_knowledge_token(token).requires_grad_(False)
+        if model.backbone.knowledge_token_proj is not None:
+            logger.info(
+                f"knowledge token of width {token.shape[-1]} projected to the student's {model.config.hidden_size}"
+            )
 
     return prepare
 

@@ -12,6 +12,12 @@ augmentation unless ``--no-augmentation``, ImageNet mean / std), square (``--ima
 MAE's fixed sin-cos position table and the conversion need a square token grid. Recipe defaults follow MAE: mask
 ratio 0.75, normalised-pixel loss, AdamW betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x batch / 256, linear
 warm-up then cosine decay.
+
+Resuming: every ``--checkpointing-steps`` steps the run's whole state (model, optimiser, schedule, RNG, step) is
+saved atomically under ``OUTPUT_DIR/checkpoints/step_N`` (the training script's `save_checkpoint`). Run the same
+command again after a kill and it continues from the newest checkpoint, with the data order, masks and weights of
+an uninterrupted run; other options than the ones it was started with are refused (``--overwrite-output-dir``
+starts afresh).
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vitpose_hf.configuration_vitpose_hf import PRESET_SIZES
@@ -40,11 +46,28 @@ from vitpose_hf.data.transforms import (
     TopDownSource,
     TopDownTransform,
 )
+from vitpose_hf.training.train import CHECKPOINT_DIR, TrainingProgress, find_checkpoint
+from vitpose_hf.training.train import save_checkpoint as save_state_checkpoint
 from vitpose_hf_cli import dash_spellings
 
 logger = logging.getLogger(__name__)
 
 ARGS_FILE = "pretrain_mae_args.json"
+RUN_FILE = "pretrain_mae_run.json"  # the options the run in an output folder was started with
+# options that may change between a run and its resumption (they change neither the data, the model nor the result)
+RESUMABLE_CHANGES = frozenset(
+    {
+        "logging_steps",
+        "dataloader_num_workers",
+        "cache_dir",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "save_steps",
+        "overwrite_output_dir",
+        "output_dir",
+        "cpu",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,6 +120,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("output")
     s.add_argument("--output-dir", required=True, help="folder for the MAE model (required)")
     s.add_argument("--save-steps", type=int, help="also save_pretrained under step-N/ every N steps")
+    s.add_argument(
+        "--checkpointing-steps",
+        type=int,
+        default=500,
+        help="save the resumable state (model, optimiser, schedule, RNG) every N steps; 0: never",
+    )
+    s.add_argument("--checkpoints-total-limit", type=int, default=2, help="keep only the newest N checkpoints")
+    s.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start afresh even when --output-dir holds checkpoints of an earlier run (they are deleted)",
+    )
     s.add_argument("--logging-steps", type=int, default=50, help="log the loss every N steps")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is present")
@@ -209,28 +244,65 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def options_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON-safe options of a run."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
 def save_checkpoint(model: Any, folder: str | os.PathLike, args: argparse.Namespace, step: int) -> None:
+    """`save_pretrained` of the MAE model into ``folder``, with the options and the step."""
     folder = Path(folder)
     model.save_pretrained(folder)
-    record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    record = options_record(args)
     record["step"] = step
     (folder / ARGS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
+def check_resumable(output_dir: Path, args: argparse.Namespace) -> str | None:
+    """The newest checkpoint to resume from (None: start afresh); ValueError when the folder's run was started
+    with other options. Writes the run's options on a fresh start."""
+    run_file = output_dir / RUN_FILE
+    if args.overwrite_output_dir:
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+        run_file.unlink(missing_ok=True)
+    path = find_checkpoint(output_dir)
+    mine = {k: v for k, v in options_record(args).items() if k not in RESUMABLE_CHANGES}
+    if path is not None and run_file.is_file():
+        theirs = {k: v for k, v in json.loads(run_file.read_text()).items() if k not in RESUMABLE_CHANGES}
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if changed:
+            details = ", ".join(f"--{k.replace('_', '-')} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a run started with other options ({details}): run the same "
+                "command to resume it, or pass another --output-dir or --overwrite-output-dir"
+            )
+    if path is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(mine, indent=2), encoding="utf-8")
+        os.replace(tmp, run_file)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
-    """Pre-train and write ``output_dir`` (a `ViTMAEForPreTraining` folder); returns 0."""
+    """Pre-train and write ``output_dir`` (a `ViTMAEForPreTraining` folder), resuming the folder's run when it
+    holds checkpoints; returns 0."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from transformers import ViTMAEForPreTraining
 
     from vitpose_hf_cli import user_errors
 
+    output_dir = Path(args.output_dir)
     with user_errors():  # bad options or data, before any training: one line on the command line
         config = build_mae_config(args)
-        torch.manual_seed(args.seed)
-        np.random.seed(args.seed)
-        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
         dataset, sampler = build_crop_dataset(args)
-    if len(sampler) == 0:
-        raise ValueError("no person instances to pre-train on")
+        if len(sampler) == 0:
+            raise ValueError("no person instances to pre-train on")
+        resume_from = check_resumable(output_dir, args)
+    accelerator = Accelerator(cpu=args.cpu, project_dir=str(output_dir))
+    device = accelerator.device
+    set_seed(args.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
@@ -239,47 +311,73 @@ def run(args: argparse.Namespace) -> int:
         collate_fn=collate_pixels,
         pin_memory=device.type == "cuda",
         drop_last=len(sampler) >= args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),  # worker seeds off the global RNG
     )
     steps_per_epoch = len(loader)
     total = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     warmup = args.warmup_steps or max(1, total // 10)
     lr = args.learning_rate or 1.5e-4 * args.per_device_train_batch_size / 256
-    model = ViTMAEForPreTraining(config).to(device)
+    model = ViTMAEForPreTraining(config)
     model.train()
     optimizer = build_optimizer(model, lr, args.weight_decay, (args.adam_beta1, args.adam_beta2))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    progress = TrainingProgress(steps_per_epoch=steps_per_epoch)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(progress)
+    log_path = output_dir / "pretrain_log.jsonl"
+    skip = 0
+    if resume_from is not None:
+        accelerator.load_state(resume_from)  # model, optimiser, schedule, RNG, step
+        if progress.steps_per_epoch != steps_per_epoch:
+            raise ValueError(
+                f"{resume_from} had {progress.steps_per_epoch} steps per epoch, this run has {steps_per_epoch}: "
+                "the data changed since the run started"
+            )
+        skip = progress.step % steps_per_epoch
+        # the killed run's lines after the checkpoint are trained again: drop them
+        lines = log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= progress.step]
+        log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        logger.info(f"resumed from {resume_from} at step {progress.step}")
+    else:
+        log_path.write_text("", encoding="utf-8")
     logger.info(
         f"MAE pre-training: {len(sampler)} crops of {args.image_size}x{args.image_size}, width {config.hidden_size}, "
         f"depth {config.num_hidden_layers}, {total} steps, lr {lr:g}, device {device}"
     )
-    os.makedirs(args.output_dir, exist_ok=True)
-    log_path = Path(args.output_dir) / "pretrain_log.jsonl"
-    step, epoch, start = 0, 0, time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
+    step, epoch, start = progress.step, progress.step // steps_per_epoch, time.time()
+    with open(log_path, "a", encoding="utf-8") as log:
         while step < total:
-            sampler.set_epoch(epoch)
-            for batch in loader:
+            loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            skip = 0
+            for batch in batches:
                 pixels = batch["pixel_values"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16"):
                     loss = model(pixel_values=pixels).loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite MAE loss at step {step}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
-                step += 1
+                step = progress.step = step + 1
                 record = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
                 log.write(json.dumps(record) + "\n")
+                log.flush()
                 if step % args.logging_steps == 0 or step == total:
                     logger.info(f"step {step}/{total} loss {record['loss']:.4f} ({time.time() - start:.0f} s)")
                 if args.save_steps and step % args.save_steps == 0 and step < total:
-                    save_checkpoint(model, Path(args.output_dir) / f"step-{step}", args, step)
+                    save_checkpoint(accelerator.unwrap_model(model), output_dir / f"step-{step}", args, step)
+                if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < total:
+                    path = save_state_checkpoint(accelerator, str(output_dir), step, args.checkpoints_total_limit)
+                    logger.info(f"checkpoint {path}")
                 if step >= total:
                     break
             epoch += 1
-    save_checkpoint(model, args.output_dir, args, step)
-    logger.info(f"saved the MAE model to {args.output_dir} (use it as --init-from of vitpose-hf train)")
+    save_checkpoint(accelerator.unwrap_model(model), output_dir, args, step)
+    logger.info(f"saved the MAE model to {output_dir} (use it as --init-from of vitpose-hf train)")
     return 0
 
 
