@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -92,6 +93,7 @@ CONFIGS = {
     "simple": lambda: tiny_config(decoder="simple"),
     "minimal": lambda: tiny_config(decoder="minimal", upsample_factor=2),
     "knowledge-token": lambda: tiny_config(knowledge_token=True),
+    "knowledge-token-wider-teacher": lambda: tiny_config(knowledge_token=True, knowledge_token_width=48),
     "plus": lambda: tiny_plus_config(),
 }
 
@@ -165,6 +167,18 @@ def _run(code: str, cwd: Path, photo: Path, namespace: dict | None = None) -> No
         os.chdir(here)
 
 
+def _write_clip(path: Path, photo: Path, frames: int = 4) -> None:
+    """A few-frame video of ``photo`` drifting right (OpenCV), for the README's video snippet."""
+    import cv2
+
+    image = cv2.imread(str(photo))
+    height, width = image.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))
+    for i in range(frames):
+        writer.write(np.roll(image, 4 * i, axis=1))
+    writer.release()
+
+
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -204,7 +218,7 @@ def tiny_detector_dir(tmp_path_factory) -> Path:
 
 # README blocks that cannot run as written, reported to the README's owner (notes/h12-wiring.md); the test checks
 # they still fail, so that it asks for this entry to go once the README is fixed
-README_PLACEHOLDERS = {"metric.compute(predictions=[...], references=[...])": "placeholder inputs ([...])"}
+README_PLACEHOLDERS: dict[str, str] = {}  # snippet text -> why it cannot run as written (none today)
 
 
 def test_every_readme_snippet_runs(tiny_releases, tiny_detector_dir, shared_data, tmp_path, offline):
@@ -219,6 +233,7 @@ def test_every_readme_snippet_runs(tiny_releases, tiny_detector_dir, shared_data
         f"{DEFAULT_OWNER}/vitpose-b": str(tiny_releases["dense"]),
     }
     namespace: dict = {}
+    _write_clip(tmp_path / "clip.mp4", photo)  # the video snippet's input
     _run(
         "import PIL.Image, torch\nimage = PIL.Image.open('photo.jpg')\npixel_values = torch.randn(3, 3, 256, 192)",
         tmp_path,

@@ -745,7 +745,7 @@ def _write_results(
                 call["boxes"] = [[[0.0, 0.0, *map(float, _size_of(job.image))]] for job in chunk]
             with torch.inference_mode():
                 results = pipe([job.image for job in chunk], **call)
-            if bottom_up and box_format != "xywh":  # the estimator's boxes are xywh
+            if bottom_up:  # the estimator's boxes are xywh; convert_boxes owns the format names
                 for person in (p for people in results for p in people):
                     person["box"], person["box_format"] = convert_boxes(person["box"], "xywh", box_format), box_format
             for job, people in zip(chunk, results):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vitpose_hf.boxes import convert_boxes
+from vitpose_hf.boxes import check_box_format, convert_boxes
 from vitpose_hf.evaluation.metrics import rescore_poses
 from vitpose_hf.evaluation.metrics import to_coco_results as _coco_entries
 from vitpose_hf.inference.drawing import person_arrays, person_box
@@ -200,6 +200,7 @@ def from_coco_results(
     ``box_score`` is the entry's ``score``; ``box`` is its ``bbox`` when given, else the extent of the keypoints
     that score above 0; ``track_id`` is kept when present. Keypoint names come from ``dataset``.
     """
+    box_format = check_box_format(box_format)
     if isinstance(results, (str, os.PathLike)):
         try:
             with open(results, encoding="utf-8") as f:
@@ -225,8 +226,7 @@ def from_coco_results(
         box = [float(v) for v in entry["bbox"]] if "bbox" in entry else None
         label = "person" if int(entry.get("category_id", 1)) == 1 else str(entry.get("category_id"))
         person = _our_person(points, info, box, None if entry.get("score") is None else float(entry["score"]), label)
-        if box_format != "xywh":
-            person["box"], person["box_format"] = convert_boxes(person["box"], "xywh", box_format), box_format
+        person["box"], person["box_format"] = convert_boxes(person["box"], "xywh", box_format), box_format
         if entry.get("track_id") is not None:
             person["track_id"] = int(entry["track_id"])
         out.setdefault(entry["image_id"], []).append(person)

@@ -98,6 +98,13 @@ def is_hub_id(value: str | None) -> bool:
     return bool(value) and not os.path.exists(str(value)) and bool(_HUB_ID.match(str(value)))
 
 
+def _token_params(config: ViTPoseConfig) -> int:
+    """The knowledge token's parameters: the token (the teacher's width) plus, across widths, its projection."""
+    width = config.hidden_size
+    token_width = getattr(config, "knowledge_token_width", None) or width
+    return token_width + (token_width * width + width if token_width != width else 0)
+
+
 def describe_size(config: ViTPoseConfig) -> str:
     """``"ViTPose-B"``, ``"ViTPose++-B"`` or ``"ViT (hidden 32, 2 layers)"`` for other shapes."""
     size = preset_size_key(config.hidden_size, config.num_hidden_layers)
@@ -121,9 +128,8 @@ def count_parameters(config: ViTPoseConfig) -> dict[str, Any]:
     """
     gh, gw = config.patch_grid
     c, hidden, p = config.hidden_size, config.intermediate_size, config.part_features
-    embed = (
-        c * config.num_channels * config.patch_size**2 + c + (gh * gw + 1) * c + (c if config.knowledge_token else 0)
-    )
+    token = _token_params(config) if config.knowledge_token else 0
+    embed = c * config.num_channels * config.patch_size**2 + c + (gh * gw + 1) * c + token
     block = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (hidden * c + hidden)  # 2 norms, qkv, proj, fc1
     experts = 0
     if config.num_experts > 1:
@@ -159,6 +165,9 @@ def flops_per_crop(config: ViTPoseConfig, dataset: int | str = 0) -> int:
     c, hidden = config.hidden_size, config.intermediate_size
     k = config.num_keypoints[config.dataset_to_index(dataset)]
     patch = 2 * gh * gw * c * config.num_channels * config.patch_size**2
+    token_width = getattr(config, "knowledge_token_width", None) or c
+    if config.knowledge_token and token_width != c:  # the token's projection from the teacher's width
+        patch += 2 * token_width * c
     attention = 2 * tokens * c * 3 * c + 2 * 2 * tokens * tokens * c + 2 * tokens * c * c  # qkv, QK^T and AV, proj
     mlp = 2 * 2 * tokens * c * hidden  # fc1, and fc2 (the shared part plus one expert: the same width)
     if config.decoder == "classic":
