@@ -38,6 +38,15 @@ DECODERS = ("udp_dark", "msra")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def config_fields(processor: BaseImageProcessor, keys: Sequence[str]) -> dict[str, Any]:
+    """``keys`` of ``processor`` plus its ``auto_map`` and type: what its ``preprocessor_config.json`` holds."""
+    output = {key: copy.deepcopy(getattr(processor, key)) for key in keys}
+    if getattr(processor, "auto_map", None):
+        output["auto_map"] = copy.deepcopy(processor.auto_map)
+    output["image_processor_type"] = type(processor).__name__
+    return output
+
+
 class ViTPoseImageProcessorKwargs(ImagesKwargs, total=False):
     """Config fields of :class:`ViTPoseImageProcessor` beyond transformers' standard image kwargs."""
 
@@ -212,11 +221,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
     # ------------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The config fields (what ``preprocessor_config.json`` holds)."""
-        output = {key: copy.deepcopy(getattr(self, key)) for key in self._CONFIG_KEYS}
-        if getattr(self, "auto_map", None):
-            output["auto_map"] = copy.deepcopy(self.auto_map)
-        output["image_processor_type"] = type(self).__name__
-        return output
+        return config_fields(self, self._CONFIG_KEYS)
 
     # ------------------------------------------------------------------------------------------------------------
     # Helpers

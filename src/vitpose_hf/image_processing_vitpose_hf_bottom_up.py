@@ -18,6 +18,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .codecs import AssociativeEmbedding, flip_back
+from .image_processing_vitpose_hf import config_fields
 from .images import is_batch, to_rgb_tensors
 from .keypoint_metadata import flip_indices, get_dataset_info
 
@@ -138,11 +139,7 @@ class ViTPoseBottomUpImageProcessor(BaseImageProcessor):
 
     def to_dict(self) -> dict[str, Any]:
         """The config fields (what ``preprocessor_config.json`` holds)."""
-        output = {key: copy.deepcopy(getattr(self, key)) for key in self._CONFIG_KEYS}
-        if getattr(self, "auto_map", None):
-            output["auto_map"] = copy.deepcopy(self.auto_map)
-        output["image_processor_type"] = type(self).__name__
-        return output
+        return config_fields(self, self._CONFIG_KEYS)
 
     @classmethod
     def from_model_config(cls, config: Any, **kwargs: Any) -> ViTPoseBottomUpImageProcessor:
