@@ -212,7 +212,8 @@ class ViTPosePatchEmbed(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(pixel_values)
         grid = (x.shape[2], x.shape[3])
-        return x.flatten(2).transpose(1, 2), grid
+        # dense (B, N, C) rows: a transposed view would be inherited by every residual add and LayerNorm input
+        return x.flatten(2).transpose(1, 2).contiguous(), grid
 
 
 def eager_attention_forward(
@@ -643,7 +644,8 @@ class ViTPoseModel(ViTPosePreTrainedModel):
         if self.knowledge_token is not None:
             x = x[:, :num_patches]
         x = self.last_norm(x)
-        feature_maps = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+        # contiguous NCHW: a strided view sends the heads' bf16 transposed convs down a path ~10x slower on CPU
+        feature_maps = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1]).contiguous()
         if not return_dict:
             return tuple(v for v in (x, feature_maps, hidden_states, attentions) if v is not None)
         return ViTPoseModelOutput(
