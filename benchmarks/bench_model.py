@@ -74,12 +74,12 @@ def paired_times(fn_a, fn_b, repeats: int, device: str, warmup: int = 2) -> tupl
     return statistics.median(times_a), statistics.median(times_b), ratio
 
 
-def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
-    n = 2048
+def linear_seconds(dtype: torch.dtype, device: str, repeats: int, n: int = 2048, warmup: int = 2) -> list[float]:
+    """Seconds per repeat of a plain n x n matmul, the reference for achieved GFLOP/s (2 n^3 FLOP each)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     w = torch.randn(n, n, device=device, dtype=dtype)
     # F.linear, the op nn.Linear runs: without native bf16 a bf16 `a @ b` takes a ~1 GFLOP/s path that it does not
-    for _ in range(2):
+    for _ in range(warmup):
         F.linear(a, w)
     times = []
     for _ in range(repeats):
@@ -88,7 +88,12 @@ def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
         F.linear(a, w)
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return times
+
+
+def matmul_gflops(dtype: torch.dtype, device: str, repeats: int) -> float:
+    n = 2048
+    return 2 * n**3 / statistics.median(linear_seconds(dtype, device, repeats, n)) / 1e9
 
 
 def count_flops(model, x, **kwargs) -> int:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_model import count_flops, machine, paired_samples  # noqa: E402
+from bench_model import count_flops, linear_seconds, machine, paired_samples  # noqa: E402
 from bench_processor import make_boxes, make_heatmaps  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import VitPoseForPoseEstimation as HFVitPose  # noqa: E402
@@ -96,10 +96,7 @@ def paired(fn_a: Callable, fn_b: Callable, repeats: int, device: str, warmup: in
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, repeats: int, n: int) -> Figure:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    w = torch.randn(n, n, device=device, dtype=dtype)
-    # F.linear, the op nn.Linear runs: without native bf16 a bf16 `a @ b` takes a ~1 GFLOP/s path that it does not
-    times, _, _ = paired(lambda: torch.nn.functional.linear(a, w), lambda: None, repeats, device)
+    times = linear_seconds(dtype, device, repeats, n, warmup=1)
     return Figure([2 * n**3 / t / 1e9 for t in times], "GFLOP/s")
 
 
