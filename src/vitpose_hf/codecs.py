@@ -266,7 +266,7 @@ def flip_back(
     """
     heatmaps = _check_heatmaps(heatmaps)
     n, k, h, w = heatmaps.shape
-    index = torch.as_tensor(flip_indices, dtype=torch.long, device=heatmaps.device)
+    index = torch.as_tensor(flip_indices, dtype=torch.long)  # a list is checked on the host, before it moves
     if index.shape not in ((k,), (n, k)):
         raise ValueError(
             f"flip_indices must have shape ({k},) or ({n}, {k}) for heatmaps {tuple(heatmaps.shape)}, "
@@ -274,6 +274,7 @@ def flip_back(
         )
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= k):
         raise ValueError(f"flip_indices must lie in [0, {k}), got values from {int(index.min())} to {int(index.max())}")
+    index = index.to(heatmaps.device)
     if index.ndim == 1:
         out = heatmaps.index_select(1, index)
     else:

@@ -96,14 +96,14 @@ def _per_crop(value: float | TensorLike | None, n: int, like: torch.Tensor, name
     """``None`` or an ``(N,)`` tensor from a scalar or N values."""
     if value is None:
         return None
-    tensor = as_float_tensor(value, name, device=like.device).to(like.dtype).reshape(-1)
-    if tensor.numel() == 1:
-        return tensor.expand(n)
-    if tensor.numel() != n:
+    # Checked where the values are: host input (numbers, CPU tensors) is checked before it moves to the device,
+    # so a GPU pipeline does not wait for the device here.
+    tensor = as_float_tensor(value, name).reshape(-1)
+    if tensor.numel() not in (1, n):
         raise ValueError(f"{name} must be a number or hold one value per crop ({n}), got {tensor.numel()} values")
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinity: {short_repr(tensor)}")
-    return tensor
+    return tensor.to(device=like.device, dtype=like.dtype).expand(n)
 
 
 def udp_flags(use_udp: bool | TensorLike, n: int, device: torch.device | str | None = None) -> bool | torch.Tensor:

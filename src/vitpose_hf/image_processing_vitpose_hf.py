@@ -387,7 +387,10 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             ``center`` ``(N_crops, 2)``, ``scale`` ``(N_crops, 2)`` (200-px units, padded, after
             ``scale_factor``), ``boxes`` ``(N_crops, 4)`` (the input boxes, in ``box_format``),
             ``crops_per_image`` ``(num_images,)``, ``use_udp`` ``(N_crops,)`` bool (the warp of each crop),
-            ``box_format`` and, when given, ``rotation``.
+            ``box_format`` and, when given, ``rotation``. ``pixel_values``, ``center``, ``scale`` and ``boxes`` are
+            on ``device``; the bookkeeping (``image_index``, ``crops_per_image``, ``use_udp``, ``rotation``) stays
+            on the CPU, where post-processing reads it, so that a GPU pipeline never waits for the device between
+            the crops and the decoded keypoints.
 
         A zero-size box (width and height 0) has scale 0: its crop is all black (every pixel 0 before
         normalisation), as ``cv2.warpAffine`` gives with the official (infinite) UDP matrix, and its keypoints
@@ -429,21 +432,22 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         all_boxes = torch.cat(per_image).to(device=device, dtype=torch.float32) if per_image else torch.zeros(0, 4)
         all_boxes = all_boxes.to(device)
         n = all_boxes.shape[0]
-        image_index = torch.repeat_interleave(torch.arange(len(per_image)), counts).to(device)
+        image_index = torch.repeat_interleave(torch.arange(len(per_image)), counts)  # host bookkeeping
         entries, slots = self._datasets_per_crop(dataset, dataset_index, n, None, "dataset_index")
-        udp = self._udp_per_crop(use_udp, entries, slots, n).to(device)
+        udp = self._udp_per_crop(use_udp, entries, slots, n)
 
         center, scale = self._center_scale(all_boxes, box_format, (out_h, out_w), options["padding_factor"])
+        # the augmentation values are checked before they move, so checking them never waits for the device
         if scale_factor is not None:
-            factor = torch.as_tensor(scale_factor, dtype=torch.float32, device=device).reshape(-1)
+            factor = torch.as_tensor(scale_factor, dtype=torch.float32).reshape(-1)
             if factor.numel() not in (1, n) or not bool(torch.isfinite(factor).all()) or bool((factor <= 0).any()):
                 raise ValueError(
                     f"scale_factor must be a positive number or {n} positive numbers, got {scale_factor!r}"
                 )
-            scale = scale * factor.unsqueeze(-1)
+            scale = scale * factor.to(device).unsqueeze(-1)
         angles = None
         if rotation is not None:
-            angles = torch.as_tensor(rotation, dtype=torch.float32, device=device).reshape(-1)
+            angles = torch.as_tensor(rotation, dtype=torch.float32).reshape(-1)
             if angles.numel() not in (1, n) or not bool(torch.isfinite(angles).all()):
                 raise ValueError(f"rotation must be a number or {n} finite numbers (degrees), got {rotation!r}")
             angles = angles.expand(n).clone()
@@ -457,7 +461,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             "center": center,
             "scale": scale,
             "boxes": all_boxes,
-            "crops_per_image": counts.to(device),
+            "crops_per_image": counts,
             "use_udp": udp,
         }
         if angles is not None:
@@ -562,10 +566,11 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             canvas[offsets[i] : offsets[i] + heights[i], : widths[i]] = images[i].permute(1, 2, 0)
         source = self._float_source(canvas.permute(2, 0, 1))
         points = self._sample_points(inverse, out_h, out_w)  # (N, h, w, 2) image pixels
-        sizes = torch.tensor(list(zip(widths, heights)), dtype=torch.float32, device=device)[image_index]
+        sizes = torch.tensor(list(zip(widths, heights)), dtype=torch.float32)[image_index].to(device)
         torch.minimum(points, sizes[:, None, None], out=points).clamp_(min=-1.0)
-        shift = torch.zeros(n, 2, device=device)
-        shift[:, 1] = torch.as_tensor(offsets, dtype=torch.float32, device=device)[image_index]
+        shift = torch.zeros(n, 2)
+        shift[:, 1] = torch.as_tensor(offsets, dtype=torch.float32)[image_index]
+        shift = shift.to(device)
         to_grid = torch.tensor([2.0 / canvas_w, 2.0 / top], device=device)
         grid = points.mul_(to_grid).add_((shift * to_grid + to_grid / 2 - 1.0)[:, None, None])
         return F.grid_sample(source.expand(n, -1, -1, -1), grid, "bilinear", "zeros", align_corners=False)
@@ -762,7 +767,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             work = (work + back) * 0.5
 
         crop_points, scores = self._decode(work, targets_udp, (hm_h, hm_w))
-        rotation = None if crops.rotation is None else crops.rotation.to(device)
+        rotation = crops.rotation  # checked (if host bookkeeping, on the host) and moved by crop_to_image
         keypoints = crop_to_image(
             crop_points, crops.center.to(device), crops.scale.to(device), self.input_size, rotation, warp_udp
         ).float()
@@ -812,6 +817,8 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         entries: list[_Dataset], slots: list[int] | None, channels: int, num_keypoints: Any, n: int
     ) -> None:
         """The heatmap channels must fit the datasets; ``num_keypoints`` (padded batches) must match them."""
+        if isinstance(num_keypoints, torch.Tensor) and num_keypoints.device.type != "cpu":
+            num_keypoints = None  # reading it back would wait for the device; the host-side checks below still hold
         expected = [entries[0].num_keypoints] * n if slots is None else [entries[s].num_keypoints for s in slots]
         if num_keypoints is None and slots is None and channels != entries[0].num_keypoints:
             raise ValueError(

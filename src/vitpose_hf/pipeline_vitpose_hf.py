@@ -760,6 +760,7 @@ class PoseEstimationPipeline(Pipeline):
                 flip_outputs=_concat_outputs(flipped) if flip_test else None,
                 crop_metadata=crops,
                 dataset=info,
+                dataset_index=index,  # the host value the model got: post-processing then never reads the device
             )
         return {**{k: v for k, v in model_inputs.items() if k != "crops"}, "people": people}
 

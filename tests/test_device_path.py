@@ -1,0 +1,117 @@
+"""The device path has no host read-back between the crops and the decoded keypoints.
+
+On a GPU, any read of a device value on the host (``.item()``, ``bool(t)``, ``.tolist()``, ``.cpu()``, a boolean
+mask or ``nonzero``) waits for every queued kernel. Tensors on the ``meta`` device have shapes but no data, so
+each of those reads raises there: a crop -> model -> decode chain that runs to the end on ``meta`` cannot contain
+one. This checks on any CPU what the CUDA tests check where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitpose_hf import ViTPoseForPoseEstimation, ViTPoseImageProcessor
+from vitpose_hf.image_processing_vitpose_hf import flip_pixel_values
+from vitpose_hf.inference.pipeline import PoseEstimationPipeline
+from vitpose_hf.pipeline_vitpose_hf import _Images
+
+from helpers import tiny_config, tiny_plus_config
+
+SIZE = {"height": 64, "width": 48}
+RNG = np.random.default_rng(0)
+IMAGE = RNG.integers(0, 256, (120, 100, 3), dtype=np.uint8)
+OTHER = RNG.integers(0, 256, (90, 80, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda t: t.sum().item(),
+        lambda t: bool(t.sum() > 0),
+        lambda t: t.tolist(),
+        lambda t: t.cpu(),
+        lambda t: t[t > 0],
+        lambda t: int(t.max()),
+    ],
+    ids=["item", "bool", "tolist", "cpu", "mask", "int"],
+)
+def test_meta_tensors_refuse_every_host_read(read):
+    """The premise of this file: each kind of device-to-host read fails on meta."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        read(torch.ones(3, device="meta"))
+
+
+def meta_model(config) -> ViTPoseForPoseEstimation:
+    return ViTPoseForPoseEstimation(config).eval().to("meta")
+
+
+@pytest.mark.parametrize(
+    "images,boxes,extra",
+    [
+        (IMAGE, [[5, 5, 30, 40], [10, 10, 50, 60]], {}),
+        ([IMAGE, OTHER], [[[5, 5, 30, 40]], [[1, 2, 30, 40], [3, 3, 20, 20]]], {}),
+        (IMAGE, [[5, 5, 30, 40], [10, 10, 50, 60]], {"rotation": [10.0, -20.0], "scale_factor": 1.2}),
+    ],
+    ids=["one-image", "two-images", "rotation-scale"],
+)
+def test_dense_crop_model_decode_with_flip_test_never_reads_the_device(images, boxes, extra):
+    model = meta_model(tiny_config())
+    processor = ViTPoseImageProcessor(size=SIZE)
+    crops = processor(images, boxes=boxes, box_format="xywh", device="meta", **extra)
+    assert crops["pixel_values"].is_meta and crops["center"].is_meta
+    # the bookkeeping that post-processing reads on the host stays there
+    for key in ("image_index", "crops_per_image", "use_udp") + (("rotation",) if extra else ()):
+        assert crops[key].device.type == "cpu", key
+    with torch.no_grad():
+        outputs = model(crops["pixel_values"])
+        flipped = model(flip_pixel_values(crops["pixel_values"]))
+    people = processor.post_process_pose_estimation(outputs, crop_metadata=crops, flip_outputs=flipped, dataset_index=0)
+    n_images = 2 if isinstance(images, list) else 1
+    assert len(people) == n_images
+    person = people[-1][-1]
+    assert person["keypoints"].is_meta and person["keypoints"].shape == (17, 2) and person["scores"].shape == (17,)
+
+
+def test_vitpose_plus_mixed_batch_with_host_dataset_index_never_reads_the_device():
+    """Six heads, UDP and classic datasets mixed in one batch, flip test: routing and decoding stay on the device."""
+    model = meta_model(tiny_plus_config())
+    datasets = list(model.config.datasets)
+    assert {d["use_udp"] for d in datasets} == {True, False}  # both decoders and both flip shifts are exercised
+    processor = ViTPoseImageProcessor(size=SIZE, dataset=datasets)
+    index = [5, 0, 1, 2, 3, 4]
+    crops = processor(IMAGE, boxes=[[5, 5, 30, 40]] * 6, box_format="xywh", device="meta", dataset_index=index)
+    with torch.no_grad():
+        outputs = model(crops["pixel_values"], dataset_index=index)
+        flipped = model(flip_pixel_values(crops["pixel_values"]), dataset_index=index)
+    people = processor.post_process_pose_estimation(
+        outputs, crop_metadata=crops, flip_outputs=flipped, dataset_index=index
+    )[0]
+    expected_k = [datasets[i]["num_keypoints"] for i in index]
+    assert [p["keypoints"].shape[0] for p in people] == expected_k
+    assert [p["dataset"] for p in people] == [datasets[i]["name"] for i in index]
+    assert all(p["keypoints"].is_meta for p in people)
+
+
+def test_pipeline_preprocess_and_forward_never_read_the_device():
+    """The pipeline's own steps up to the decoded keypoints (``postprocess`` then copies only those to the host)."""
+    pipe = PoseEstimationPipeline(
+        model=ViTPoseForPoseEstimation(tiny_config()).eval(),
+        image_processor=ViTPoseImageProcessor(size=SIZE),
+        device="meta",
+    )
+    image = Image.fromarray(IMAGE)
+    inputs = pipe.preprocess(_Images([image]), boxes=[[[5, 5, 30, 40], [1, 1, 20, 20]]])
+    people = pipe._forward(inputs, flip_test=True)["people"]
+    assert [p["keypoints"].is_meta for p in people[0]] == [True, True]
+
+
+def test_device_outputs_are_still_checked_on_the_host():
+    """Skipping the read-back of outputs.num_keypoints keeps the host-side channel check."""
+    processor = ViTPoseImageProcessor(size=SIZE)
+    crops = processor(IMAGE, boxes=[[5, 5, 30, 40]], box_format="xywh", device="meta")
+    wrong = torch.zeros(1, 14, 16, 12, device="meta")  # 14 channels for COCO's 17 keypoints
+    with pytest.raises(ValueError, match="14 channels but dataset 'coco' has 17 keypoints"):
+        processor.post_process_pose_estimation(wrong, crop_metadata=crops)
