@@ -1,17 +1,19 @@
 """Forward-pass speed of ViTPose-B / ViTPose++-B against transformers' VitPose with the same weights, in one run.
 
     python benchmarks/bench_model.py [--batch 8] [--repeats 9] [--device cpu|cuda] [--decoder classic|simple]
-        [--no-compile]
+        [--dtypes fp32 bf16] [--no-compile] [--compile-mode max-autotune]
+    TORCHINDUCTOR_FREEZING=1 python benchmarks/bench_model.py ...   # inductor freezes the weights (no_grad only)
 
 Prints, row by row as measured: the machine (CPU model and ISA flags, whether bf16 is native), median times, the
 median of interleaved ratios ours / transformers, achieved GFLOP/s and a plain matmul's GFLOP/s in the same run
-and dtype. Rows: eager fp32 and bf16 autocast; `torch.compile` (inductor defaults) of both
+and dtype. Rows: eager fp32 and bf16 autocast (`--dtypes`); `torch.compile` (`--compile-mode`) of both
 models; ViTPose++-B on a one-dataset batch and on a mixed batch against dense ViTPose-B.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -135,8 +137,17 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile rows (each compiles for ~1 min on CPU)"
     )
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        default="default",
+        help="torch.compile mode of the compiled rows",
+    )
     args = parser.parse_args()
     device, repeats = args.device, args.repeats
+    compile_kwargs = {} if args.compile_mode == "default" else {"mode": args.compile_mode}
+    freezing = os.environ.get("TORCHINDUCTOR_FREEZING") == "1"
     suffix = "-simple" if args.decoder == "simple" else ""
     x = torch.randn(args.batch, 3, 256, 192, device=device)
     description, bf16_native = machine(device)
@@ -145,6 +156,8 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 256x192",
         flush=True,
     )
+    if not args.no_compile:
+        print(f"torch.compile mode {args.compile_mode}; inductor freezing {'on' if freezing else 'off'}", flush=True)
 
     ours, theirs = build_pair(f"vitpose-b{suffix}", device)
     flops = count_flops(ours, x)
@@ -163,7 +176,8 @@ def main() -> None:
         )
 
     device_type = device.split(":")[0]
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for name, dtype in ((n, dtypes[n]) for n in args.dtypes):
         autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
         note = "" if dtype == torch.float32 else (" (native)" if bf16_native else " (NOT native)")
         peak = matmul_gflops(dtype, device, repeats)
@@ -175,7 +189,7 @@ def main() -> None:
         if args.no_compile:
             continue
         for label, model in (("ours", ours), ("transformers", theirs)):
-            compiled = torch.compile(model)
+            compiled = torch.compile(model, **compile_kwargs)
             start = time.perf_counter()
             caller(compiled, x, autocast)()
             seconds = time.perf_counter() - start
