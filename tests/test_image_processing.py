@@ -907,6 +907,7 @@ def test_save_and_load(tmp_path, monkeypatch):
         "keypoint_metadata.py",
         "images.py",
         "boxes.py",
+        "devices.py",
     )
     for name in kernel:  # the processor's relative imports, copied beside it for trust_remote_code
         assert (tmp_path / name).is_file(), name

@@ -18,6 +18,7 @@ KERNEL = {
     "boxes",
     "codecs",
     "geometry",
+    "devices",
     "modeling_vitpose_hf_bottom_up",
     "image_processing_vitpose_hf_bottom_up",
 }

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
+
 __all__ = [
     "AssociativeEmbedding",
     "MSRAHeatmap",
@@ -88,12 +90,12 @@ def opencv_gaussian_kernel(
     """
     _check_kernel_size(kernel_size, "kernel_size")
     if sigma <= 0 and kernel_size in _OPENCV_SMALL_KERNELS:
-        return torch.tensor(_OPENCV_SMALL_KERNELS[kernel_size], dtype=dtype, device=device)
+        return to_device(torch.tensor(_OPENCV_SMALL_KERNELS[kernel_size], dtype=dtype), device)
     if sigma <= 0:
         sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
     x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     kernel = torch.exp(-(x * x) / (2.0 * sigma * sigma))
-    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+    return to_device(kernel / kernel.sum(), device, dtype)
 
 
 # Rows: the 3x3 log-neighbourhood flattened as 3 * row + col (rows y-1, y, y+1; cols x-1, x, x+1).
@@ -131,8 +133,8 @@ def _dark_constants(blur_kernel_size: int, dtype: torch.dtype, device: torch.dev
         band,
         torch.arange(-r - 1, r + 2, device=device),
         torch.arange(-1, 2, device=device),
-        torch.tensor(_DARK_DIFFERENCES, dtype=solve, device=device),
-        torch.tensor([0.0, 0.0, _FLOAT32_EPS, _FLOAT32_EPS, 0.0], dtype=solve, device=device),
+        to_device(torch.tensor(_DARK_DIFFERENCES, dtype=solve), device),
+        to_device(torch.tensor([0.0, 0.0, _FLOAT32_EPS, _FLOAT32_EPS, 0.0], dtype=solve), device),
     )
 
 
@@ -208,7 +210,7 @@ def refine_keypoints_dark_udp(
     dtype = _work_dtype(heatmaps)
     band, offsets, steps, differences, eps = _dark_constants(blur_kernel_size, dtype, device)
     size = offsets.numel()
-    extent = torch.tensor([[w], [h]], device=device)  # per axis (x, y)
+    extent = to_device(torch.tensor([[w], [h]]), device)  # per axis (x, y)
     origin = locations.unsqueeze(-1)  # (N, K, 2, 1)
     # Columns / rows of the pixels that the blur at x-1..x+1 / y-1..y+1 reads, reflected at the border.
     window = _reflect101(origin + offsets, extent)  # (N, K, 2, size)
@@ -274,7 +276,7 @@ def flip_back(
         )
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= k):
         raise ValueError(f"flip_indices must lie in [0, {k}), got values from {int(index.min())} to {int(index.max())}")
-    index = index.to(heatmaps.device)
+    index = to_device(index, heatmaps.device)
     if index.ndim == 1:
         out = heatmaps.index_select(1, index)
     else:
@@ -364,7 +366,7 @@ class _GaussianHeatmapCodec:
         keypoints = torch.where(used.unsqueeze(-1), keypoints, torch.zeros_like(keypoints))
 
         (h, w), radius = self.heatmap_size, 3.0 * self.sigma
-        stride = torch.tensor(self.stride, dtype=dtype, device=keypoints.device)
+        stride = to_device(torch.tensor(self.stride, dtype=dtype), keypoints.device)
         exact = keypoints / stride
         # int(v + 0.5) of the official code: truncation toward zero, not floor.
         rounded = torch.trunc(exact + 0.5)
@@ -396,7 +398,7 @@ class _GaussianHeatmapCodec:
         return heatmaps.to(_work_dtype(heatmaps))  # bf16 / fp16 are decoded in float32
 
     def _to_input_space(self, coords: torch.Tensor) -> torch.Tensor:
-        return coords * torch.tensor(self.stride, dtype=coords.dtype, device=coords.device)
+        return coords * to_device(torch.tensor(self.stride, dtype=coords.dtype), coords.device)
 
     def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

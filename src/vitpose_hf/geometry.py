@@ -34,6 +34,7 @@ from .boxes import (  # the box formats live in boxes.py; re-exported here for g
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
+from .devices import to_device
 
 __all__ = [
     "BOX_FORMATS",
@@ -103,19 +104,19 @@ def _per_crop(value: float | TensorLike | None, n: int, like: torch.Tensor, name
         raise ValueError(f"{name} must be a number or hold one value per crop ({n}), got {tensor.numel()} values")
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinity: {short_repr(tensor)}")
-    return tensor.to(device=like.device, dtype=like.dtype).expand(n)
+    return to_device(tensor, like.device, like.dtype).expand(n)
 
 
 def udp_flags(use_udp: bool | TensorLike, n: int, device: torch.device | str | None = None) -> bool | torch.Tensor:
     """``use_udp`` as one bool, or as an ``(N,)`` bool tensor on ``device`` when it holds one flag per crop."""
     if isinstance(use_udp, (bool, np.bool_)):
         return bool(use_udp)
-    tensor = torch.as_tensor(use_udp, device=device).reshape(-1)
+    tensor = torch.as_tensor(use_udp).reshape(-1)
     if tensor.dtype != torch.bool:
         raise TypeError(f"use_udp must be a bool or hold one bool per crop, got dtype {tensor.dtype}")
     if tensor.numel() not in (1, n):
         raise ValueError(f"use_udp must be a bool or hold one flag per crop ({n}), got {tensor.numel()} flags")
-    return tensor.expand(n)
+    return to_device(tensor, device).expand(n) if device is not None else tensor.expand(n)
 
 
 def _warp_terms(
@@ -128,7 +129,7 @@ def _warp_terms(
     """(image px per crop px (N, 2), crop centre (2,) or (N, 2), cos (N,), sin (N,)) of the image->crop warp."""
     h, w = output_size
     udp = udp_flags(use_udp, center.shape[0], center.device)
-    steps = torch.tensor([float(w), float(h)], dtype=center.dtype, device=center.device)
+    steps = to_device(torch.tensor([float(w), float(h)], dtype=center.dtype), center.device)
     if isinstance(udp, bool):
         steps = steps - 1.0 if udp else steps
     else:

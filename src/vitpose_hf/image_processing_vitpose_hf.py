@@ -27,6 +27,7 @@ from transformers.processing_utils import ImagesKwargs
 
 from .boxes import boxes_per_image, check_box_format, to_xywh
 from .codecs import MSRAHeatmap, UDPHeatmap, _check_kernel_size, flip_back
+from .devices import to_device
 from .geometry import BOX_PADDING, _center_scale, crop_to_image, image_to_crop, inverse_warp_matrix
 from .images import is_batch, to_rgb_tensors, warn_if_unit_range
 from .keypoint_metadata import flip_indices as dataset_flip_indices
@@ -422,15 +423,15 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         if device is None:
             device = next((im.device for im in rgb), torch.device("cpu"))
         device = torch.device(device)
-        rgb = [im.to(device) for im in rgb]
+        rgb = [to_device(im, device) for im in rgb]
 
         if boxes is None:
             per_image = [torch.tensor([[0.0, 0.0, im.shape[2], im.shape[1]]], dtype=torch.float32) for im in rgb]
         else:
             per_image = boxes_per_image(boxes, len(rgb), single, box_format)
         counts = torch.tensor([len(b) for b in per_image], dtype=torch.long)
-        all_boxes = torch.cat(per_image).to(device=device, dtype=torch.float32) if per_image else torch.zeros(0, 4)
-        all_boxes = all_boxes.to(device)
+        all_boxes = torch.cat(per_image).to(torch.float32) if per_image else torch.zeros(0, 4)
+        all_boxes = to_device(all_boxes, device)
         n = all_boxes.shape[0]
         image_index = torch.repeat_interleave(torch.arange(len(per_image)), counts)  # host bookkeeping
         entries, slots = self._datasets_per_crop(dataset, dataset_index, n, None, "dataset_index")
@@ -444,7 +445,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
                 raise ValueError(
                     f"scale_factor must be a positive number or {n} positive numbers, got {scale_factor!r}"
                 )
-            scale = scale * factor.to(device).unsqueeze(-1)
+            scale = scale * to_device(factor, device).unsqueeze(-1)
         angles = None
         if rotation is not None:
             angles = torch.as_tensor(rotation, dtype=torch.float32).reshape(-1)
@@ -546,7 +547,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             source = self._float_source(images[used[0]])
             img_h, img_w = source.shape[-2:]
             # pixel -> grid coordinate: g = (2 p + 1) / size - 1, folded into the matrix.
-            to_grid = torch.tensor([2.0 / img_w, 2.0 / img_h], device=device)
+            to_grid = to_device(torch.tensor([2.0 / img_w, 2.0 / img_h]), device)
             matrix = inverse * to_grid[:, None]
             matrix[:, :, 2] += to_grid / 2 - 1.0
             grid = self._sample_points(matrix, out_h, out_w)
@@ -566,12 +567,12 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             canvas[offsets[i] : offsets[i] + heights[i], : widths[i]] = images[i].permute(1, 2, 0)
         source = self._float_source(canvas.permute(2, 0, 1))
         points = self._sample_points(inverse, out_h, out_w)  # (N, h, w, 2) image pixels
-        sizes = torch.tensor(list(zip(widths, heights)), dtype=torch.float32)[image_index].to(device)
+        sizes = to_device(torch.tensor(list(zip(widths, heights)), dtype=torch.float32)[image_index], device)
         torch.minimum(points, sizes[:, None, None], out=points).clamp_(min=-1.0)
         shift = torch.zeros(n, 2)
         shift[:, 1] = torch.as_tensor(offsets, dtype=torch.float32)[image_index]
-        shift = shift.to(device)
-        to_grid = torch.tensor([2.0 / canvas_w, 2.0 / top], device=device)
+        shift = to_device(shift, device)
+        to_grid = to_device(torch.tensor([2.0 / canvas_w, 2.0 / top]), device)
         grid = points.mul_(to_grid).add_((shift * to_grid + to_grid / 2 - 1.0)[:, None, None])
         return F.grid_sample(source.expand(n, -1, -1, -1), grid, "bilinear", "zeros", align_corners=False)
 
@@ -579,8 +580,8 @@ class ViTPoseImageProcessor(BaseImageProcessor):
     def _normalize(raw: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
         """``raw * rescale / std - mean / std`` per channel, in place on the (contiguous) warp output."""
         factor = options["rescale_factor"] if options["do_rescale"] else 1.0
-        mean = torch.tensor(options["image_mean"], dtype=torch.float32, device=raw.device)
-        std = torch.tensor(options["image_std"], dtype=torch.float32, device=raw.device)
+        mean = to_device(torch.tensor(options["image_mean"], dtype=torch.float32), raw.device)
+        std = to_device(torch.tensor(options["image_std"], dtype=torch.float32), raw.device)
         if not options["do_normalize"]:
             mean, std = torch.zeros_like(mean), torch.ones_like(std)
         return raw.mul_((factor / std).view(1, 3, 1, 1)).add_((-mean / std).view(1, 3, 1, 1)).contiguous()
@@ -618,7 +619,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         """Per-crop UDP flags for the geometry: one bool when all crops agree (the common, cheaper path)."""
         if use_udp.numel() == 0 or bool(use_udp.all()) or not bool(use_udp.any()):
             return bool(use_udp.all())
-        return use_udp.to(like.device)
+        return to_device(use_udp, like.device)
 
     def _crop_geometry(self, meta: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(center, scale, rotation, use_udp) of crop metadata; use_udp ``(N,)`` bool on the CPU, None if absent."""
@@ -785,7 +786,7 @@ class ViTPoseImageProcessor(BaseImageProcessor):
         coords = heatmaps.new_empty(n, k, 2)
         scores = heatmaps.new_empty(n, k)
         for kind in kinds:
-            index = torch.tensor([i for i, d in enumerate(decoders) if d == kind], device=heatmaps.device)
+            index = to_device(torch.tensor([i for i, d in enumerate(decoders) if d == kind]), heatmaps.device)
             part_coords, part_scores = self._codec(kind, heatmap_size).decode(heatmaps.index_select(0, index))
             coords.index_copy_(0, index, part_coords.to(coords.dtype))
             scores.index_copy_(0, index, part_scores.to(scores.dtype))

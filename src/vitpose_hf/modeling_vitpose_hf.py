@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_vitpose_hf import ViTPoseConfig
 from .conversion import resample_position_table
+from .devices import to_device
 
 DatasetIndex = int | str | Sequence[int | str] | np.ndarray | torch.Tensor
 
@@ -185,9 +186,12 @@ def route_batch(
     restore = [0] * len(order)
     for position, row in enumerate(order):
         restore[row] = position
-    index = tensor.to(device=device, dtype=torch.long) if tensor is not None else torch.tensor(values, device=device)
-    groups = [(k, torch.tensor([i for i, v in enumerate(values) if v == k], device=device)) for k in present]
-    return DatasetRouting(index, groups, torch.tensor(restore, device=device))
+
+    index = (
+        tensor.to(device=device, dtype=torch.long) if tensor is not None else to_device(torch.tensor(values), device)
+    )
+    groups = [(k, to_device(torch.tensor([i for i, v in enumerate(values) if v == k]), device)) for k in present]
+    return DatasetRouting(index, groups, to_device(torch.tensor(restore), device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -805,7 +809,7 @@ class ViTPoseForPoseEstimation(ViTPosePreTrainedModel):
                 return F.pad(out, (0, 0, 0, 0, 0, max_k - out.shape[1]))  # zero channels past this head's K
 
             heatmaps = routing.gather(head)
-            num_keypoints = torch.tensor(counts, device=device).index_select(0, routing.index)
+            num_keypoints = to_device(torch.tensor(counts), device).index_select(0, routing.index)
 
         loss = None
         if labels is not None:
