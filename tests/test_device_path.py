@@ -190,3 +190,41 @@ def test_to_device_round_trip_on_cuda():
     on_gpu = to_device(x, "cuda")
     back = to_device(on_gpu * 2, "cpu")
     assert torch.equal(back, x * 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("plus", [False, True], ids=["dense", "plus-mixed"])
+def test_cuda_crop_model_decode_makes_no_stream_sync(plus):
+    """What the meta-device tests stand in for: CUDA's sync debug mode raises on any host-device synchronisation."""
+    config = tiny_plus_config() if plus else tiny_config()
+    model = ViTPoseForPoseEstimation(config).eval().cuda()
+    datasets = list(model.config.datasets)
+    processor = ViTPoseImageProcessor(size=SIZE, dataset=datasets if plus else "coco")
+    index = [5, 0, 1, 2, 3, 4] if plus else 0
+    boxes = [[5, 5, 30, 40]] * (6 if plus else 2)
+    extra = {"dataset_index": index} if plus else {}
+    image = torch.from_numpy(IMAGE).permute(2, 0, 1)  # on the host: its upload is part of the path
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        crops = processor(image, boxes=boxes, box_format="xywh", device="cuda", **extra)
+        with torch.no_grad():
+            outputs = model(crops["pixel_values"], dataset_index=index)
+            flipped = model(flip_pixel_values(crops["pixel_values"]), dataset_index=index)
+        people = processor.post_process_pose_estimation(
+            outputs, crop_metadata=crops, flip_outputs=flipped, dataset_index=index
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(p["keypoints"].is_cuda for p in people[0])
+    # wiring only: the same code on the CPU (its numerics are checked against OpenCV / official code elsewhere)
+    model = model.cpu()
+    host = processor(IMAGE, boxes=boxes, box_format="xywh", **extra)
+    with torch.no_grad():
+        outputs = model(host["pixel_values"], dataset_index=index)
+        flipped = model(flip_pixel_values(host["pixel_values"]), dataset_index=index)
+    reference = processor.post_process_pose_estimation(
+        outputs, crop_metadata=host, flip_outputs=flipped, dataset_index=index
+    )
+    for got, want in zip(people[0], reference[0]):
+        torch.testing.assert_close(got["keypoints"].cpu(), want["keypoints"], atol=1e-2, rtol=0)
