@@ -61,19 +61,21 @@ def short_repr(values: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def as_float_tensor(values: TensorLike, name: str, device: torch.device | str | None = None) -> torch.Tensor:
-    """Numbers (tensor, array, nested lists) -> a float tensor (float64 tensors stay float64, the rest float32)."""
+def as_float_tensor(values: TensorLike, name: str) -> torch.Tensor:
+    """Numbers (tensor, array, nested lists) -> a float tensor (float64 tensors stay float64, the rest float32).
+
+    A tensor stays on its device; anything else is made on the host (move it with :func:`.devices.to_device`).
+    """
     if isinstance(values, torch.Tensor):
         tensor = values.detach()
         if not (tensor.is_floating_point() or tensor.dtype in _INT_DTYPES):
             raise TypeError(f"{name} must hold numbers, got a tensor of dtype {tensor.dtype}")
-        tensor = tensor.to(device=device) if device is not None else tensor
         return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a rectangular array of numbers, got {short_repr(values)} ({exc})") from None
-    return torch.from_numpy(array).to(device=device, dtype=torch.float32)
+    return torch.from_numpy(array).to(torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -768,9 +768,13 @@ class ViTPoseImageProcessor(BaseImageProcessor):
             work = (work + back) * 0.5
 
         crop_points, scores = self._decode(work, targets_udp, (hm_h, hm_w))
-        rotation = crops.rotation  # checked (if host bookkeeping, on the host) and moved by crop_to_image
-        keypoints = crop_to_image(
-            crop_points, crops.center.to(device), crops.scale.to(device), self.input_size, rotation, warp_udp
+        keypoints = crop_to_image(  # crop_to_image checks the rotation where it is, then moves it
+            crop_points,
+            to_device(crops.center, device),
+            to_device(crops.scale, device),
+            self.input_size,
+            crops.rotation,
+            warp_udp,
         ).float()
         return self._group_results(keypoints, scores.float(), crops, entries, slots)
 
